@@ -1,0 +1,64 @@
+"""The ``data-agent`` command line.
+
+Import-light on purpose: building the parser imports only argparse and the command modules, which defer
+every heavy import (chromadb, anthropic, sqlglot) to the moment a command runs, so ``--help`` and
+``--version`` are instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from agent import __version__
+from agent.commands import COMMANDS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="data-agent",
+        description="A data-engineer agent: steering-aware, memory-backed data platform designs rendered as "
+        "real, checked files (DDL, orchestrator code, dbt tests, contracts, lineage).",
+    )
+    parser.add_argument("--version", action="version", version=f"data-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    from agent.errors import DataAgentError
+
+    try:
+        return int(args.run(args) or 0)
+    except DataAgentError as exc:
+        return fail(args, exc)
+    except KeyboardInterrupt:
+        print("data-agent: interrupted; nothing was half-written", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def fail(args: argparse.Namespace, exc: Any) -> int:
+    if getattr(args, "json", False):
+        print(json.dumps(exc.to_dict()))
+    print(f"data-agent: error: {exc}", file=sys.stderr)
+    return exc.exit_code
+
+
+def emit_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=None, default=str))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

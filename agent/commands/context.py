@@ -1,0 +1,71 @@
+"""data-agent context REQUEST: the packed steering context for a request."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_parser(sub: Any) -> None:
+    from agent.commands import common
+
+    p = sub.add_parser(
+        "context",
+        help="print the packed context (policies + memories) for a request",
+        description="Pack the steering policies (and, unless --no-memory, recalled memories) for "
+        "a request under the token budget, and print the pack with its token count.",
+    )
+    p.add_argument("request", metavar="REQUEST", help="a request file (.yaml/.json) or free text")
+    p.add_argument("--budget", type=int, default=4000, help="token budget (default 4000)")
+    p.add_argument("--encoding", default="cl100k_base", choices=["cl100k_base", "o200k_base"])
+    p.add_argument("--for-claude", action="store_true", help="apply the Claude tokenizer safety factor")
+    p.add_argument("--no-memory", action="store_true", help="policies only")
+    p.add_argument(
+        "--explain", action="store_true", help="list every clause kept, trimmed or dropped, and why"
+    )
+    common(p)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from agent.compress import pack
+    from agent.errors import DataAgentError
+    from agent.runtime import to_request
+    from agent.steering import load_policies
+    from agent.tokens import DEFAULT_CLAUDE_SAFETY_FACTOR
+
+    if args.budget < 50:
+        raise DataAgentError("--budget must be at least 50 tokens", field="budget")
+    request = to_request(args.request)
+    policies = load_policies(args.context)
+    memories = []
+    if not args.no_memory:
+        from agent.memory import open_store
+
+        memories = open_store(args.memory_dir, args.memory_url).recall(request, k=3)
+    result = pack(
+        policies,
+        request,
+        memories=memories,
+        budget=args.budget,
+        encoding=args.encoding,
+        safety_factor=DEFAULT_CLAUDE_SAFETY_FACTOR if args.for_claude else 1.0,
+    )
+    if args.json:
+        from agent.cli import emit_json
+
+        emit_json({**result.model_dump(), "problems": [str(p) for p in policies.problems]})
+        return 0
+    print(result.text)
+    if args.explain:
+        print("\n# Accounting")
+        for item in result.items:
+            print(f"{item.status:8} {item.origin:6} {item.id:40} {item.tokens:5} tok  {item.reason}")
+    import sys
+
+    print(
+        f"\n[{result.tokens} tokens of {result.budget} ({result.encoding}); {len(result.policy_ids)} clauses, "
+        f"{len(result.memory_ids)} memories; from {result.tokens_before} tokens]",
+        file=sys.stderr,
+    )
+    return 0

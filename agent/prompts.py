@@ -1,0 +1,42 @@
+"""Prompt templates in prompts/: delegation briefs, the planner's system prompt, agent definitions.
+
+Prompts are documents, kept readable in prompts/ and rendered with the same sandboxed, strict Jinja2 as the
+deliverables. Request text inside a prompt is data: it is inserted as a value and never evaluated.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from agent.models import Design
+
+
+@cache
+def _environment() -> Any:
+    from jinja2 import FileSystemLoader, StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
+    from agent.resources import shipped
+
+    return SandboxedEnvironment(
+        loader=FileSystemLoader(str(shipped("prompts"))),
+        undefined=StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def render_prompt(name: str, design: Design | None = None, **context: Any) -> str:
+    if design is not None:
+        context = {
+            "design": design,
+            "request": design.request,
+            "arch": design.architecture,
+            "storage": design.storage,
+            "quality": design.quality,
+            "docs": design.documentation,
+            **context,
+        }
+    return _environment().get_template(name).render(**context)

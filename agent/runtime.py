@@ -1,0 +1,323 @@
+"""DataEngineerAgent: the stages strung together, for the CLI, the MCP server and other agents.
+
+    request -> steering -> recall -> pack -> plan -> checks -> delegations -> render -> validate
+            -> write -> remember -> report
+
+Each stage is one module; data moves forward only. The agent keeps parsed policies, compiled templates
+and the memory client warm between calls, so a second design in one process is cheap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.errors import DataAgentError, RequestError
+from agent.models import (
+    ContextPack,
+    DelegationTask,
+    Design,
+    DesignRequest,
+    RecalledMemory,
+    RunReport,
+    StageTiming,
+    now_iso,
+)
+
+STAGES = (
+    "request",
+    "steering",
+    "recall",
+    "pack",
+    "plan",
+    "checks",
+    "delegations",
+    "render",
+    "validate",
+    "write",
+    "remember",
+)
+
+
+@dataclass
+class AgentConfig:
+    context: str | Path | None = None
+    memory_dir: str | Path | None = None
+    memory_url: str | None = None
+    use_memory: bool = True
+    remember: bool = True
+    budget: int = 4000
+    encoding: str = "cl100k_base"
+    planner: str = "rules"
+    templates: str | Path | None = None
+    agent_map: dict[str, str] = field(default_factory=dict)
+    schemas: str | Path | None = None
+    recall_k: int = 3
+
+
+@dataclass
+class DesignResult:
+    """What one design run produced."""
+
+    design: Design
+    files: dict[str, str]
+    delegations: list[DelegationTask]
+    report: RunReport
+    pack: ContextPack
+    bundle: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not any(c.status == "fail" for c in self.report.checks)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "bundle": str(self.bundle) if self.bundle else None,
+            "design_id": self.design.id,
+            "summary": self.design.summary,
+            "delegations": [t.model_dump() for t in self.delegations],
+            "report": self.report.model_dump(),
+        }
+
+
+class DataEngineerAgent:
+    """The data-engineer subagent as a library.
+
+    >>> agent = DataEngineerAgent(memory_dir="/tmp/mem")
+    >>> result = agent.design("CDC from Postgres orders into Snowflake, hourly, emails are PII", out="/tmp/d")
+    >>> [t.subagent_type for t in result.delegations]
+    ['data-agent:security-engineer', 'data-agent:qa-engineer', 'data-agent:devops-engineer']
+    """
+
+    def __init__(self, config: AgentConfig | None = None, **overrides: Any) -> None:
+        self.config = config or AgentConfig()
+        for key, value in overrides.items():
+            if not hasattr(self.config, key):
+                raise TypeError(f"unknown option {key!r}")
+            setattr(self.config, key, value)
+        self._store: Any = None
+
+    # -- stages that keep state -------------------------------------------------------------------
+
+    def policies(self) -> Any:
+        from agent.steering import load_policies
+
+        return load_policies(self.config.context)
+
+    def memory(self) -> Any:
+        if self._store is None:
+            from agent.memory import open_store
+
+            self._store = open_store(self.config.memory_dir, self.config.memory_url)
+        return self._store
+
+    # -- the public API ---------------------------------------------------------------------------
+
+    def design(
+        self,
+        request: DesignRequest | str | Path | Mapping[str, Any],
+        *,
+        out: str | Path | None = None,
+        on_stage: Callable[[str, float], None] | None = None,
+    ) -> DesignResult:
+        """Design a data platform for ``request`` (a DesignRequest, a path, free text or a dict).
+
+        With ``out``, the bundle is written there atomically. ``on_stage(name, seconds)`` is called after
+        each stage, for progress displays.
+        """
+        report = RunReport(design_id="", planner=self.config.planner, started_at=now_iso())
+        timer = _Timer(report, on_stage)
+
+        if out is not None:
+            from agent.render import check_writable
+
+            check_writable(Path(out).resolve())
+        with timer("request"):
+            req = to_request(request)
+        with timer("steering"):
+            policies = self.policies()
+            report.warnings += [str(p) for p in policies.problems]
+        recalled: list[RecalledMemory] = []
+        if self.config.use_memory:
+            with timer("recall"):
+                recalled = self.memory().recall(req, k=self.config.recall_k)
+        with timer("pack"):
+            from agent.compress import pack
+
+            context = pack(
+                policies, req, memories=recalled, budget=self.config.budget, encoding=self.config.encoding
+            )
+        with timer("plan"):
+            from agent.planner import plan
+
+            design = plan(req, context, policies, recalled, planner=self._planner())
+        report.design_id = design.id
+        with timer("checks"):
+            from agent.checks import check_design
+
+            report.checks = check_design(design, policies)
+        with timer("delegations"):
+            tasks = self.delegations(design)
+        with timer("render"):
+            from agent.render import render_bundle
+
+            files = render_bundle(
+                design,
+                delegations=[t.model_dump() for t in tasks],
+                checks=[c.model_dump() for c in report.checks],
+                user_templates=self.config.templates,
+            )
+        with timer("validate"):
+            from agent.validate import validate_bundle
+
+            schemas = Path(self.config.schemas) if self.config.schemas else None
+            report.artifacts = validate_bundle(design, files, schemas)
+        report.tokens_before_packing = context.tokens_before
+        report.tokens_after_packing = context.tokens
+        report.budget = context.budget
+        report.policies_used = context.policy_ids
+        report.pack_items = context.items
+        report.memories_used = [
+            {
+                "id": r.memory.id,
+                "kind": r.memory.kind,
+                "name": r.memory.metadata.get("name"),
+                "score": r.score,
+                "similarity": r.similarity,
+                "packed": r.memory.id in context.memory_ids,
+            }
+            for r in recalled
+        ]
+        report.warnings += design.warnings
+        bundle = None
+        if out is not None:
+            with timer("write"):
+                from agent.render import write_bundle
+
+                files["manifest.json"] = manifest(design, report)
+                bundle = write_bundle(Path(out), files)
+        if self.config.use_memory and self.config.remember:
+            with timer("remember"):
+                store = self.memory()
+                report.remembered = store.remember_design(design, bundle=str(bundle) if bundle else None)
+                store.mark_used([r.memory.id for r in recalled if r.memory.id in context.memory_ids])
+        if bundle is not None:
+            # rewrite only the manifest so it carries the complete timings (write + remember)
+            files["manifest.json"] = manifest(design, report)
+            _replace_file(bundle / "manifest.json", files["manifest.json"])
+        return DesignResult(
+            design=design, files=files, delegations=tasks, report=report, pack=context, bundle=bundle
+        )
+
+    def handle(
+        self, task: DelegationTask | Mapping[str, Any], *, out: str | Path | None = None
+    ) -> DesignResult:
+        """A delegation from another agent (an Agent-tool-shaped dict or a DelegationTask)."""
+        from agent.delegation import parse_task
+
+        parsed = parse_task(dict(task) if isinstance(task, Mapping) else task)
+        return self.design(request_from_task(parsed), out=out)
+
+    def delegations(self, design: Design) -> list[DelegationTask]:
+        from agent.delegation import plan_delegations
+
+        return plan_delegations(design, targets=self.config.agent_map)
+
+    async def adesign(self, request: Any, *, out: str | Path | None = None) -> DesignResult:
+        return await asyncio.to_thread(self.design, request, out=out)
+
+    async def ahandle(self, task: Any, *, out: str | Path | None = None) -> DesignResult:
+        return await asyncio.to_thread(self.handle, task, out=out)
+
+    async def adelegations(self, design: Design) -> list[DelegationTask]:
+        return await asyncio.to_thread(self.delegations, design)
+
+    def _planner(self) -> str:
+        if self.config.planner != "auto":
+            return self.config.planner
+        import os
+
+        return "claude" if os.environ.get("ANTHROPIC_API_KEY") else "rules"
+
+
+def to_request(request: DesignRequest | str | Path | Mapping[str, Any]) -> DesignRequest:
+    from agent.request import load_request, load_request_file, validate_request
+
+    if isinstance(request, DesignRequest):
+        return request
+    if isinstance(request, Path):
+        return load_request_file(request)
+    if isinstance(request, Mapping):
+        return validate_request(dict(request))
+    if isinstance(request, str):
+        return load_request(request)
+    raise RequestError(f"cannot make a design request from a {type(request).__name__}")
+
+
+def request_from_task(task: DelegationTask) -> DesignRequest:
+    """A structured request embedded in the prompt (a ```yaml block) wins; else the prompt is free text."""
+    import re
+
+    import yaml
+
+    from agent.request import request_from_text, validate_request
+
+    for block in re.findall(r"```(?:ya?ml|json)\s*\n(.*?)```", task.prompt, flags=re.S):
+        try:
+            data = yaml.safe_load(block)
+        except yaml.YAMLError:
+            continue
+        if isinstance(data, dict) and "sources" in data:
+            data.setdefault("goal", task.description)
+            return validate_request(data, path=f"<task {task.id or task.description}>", text=block)
+    return request_from_text(task.prompt)
+
+
+def manifest(design: Design, report: RunReport) -> str:
+    return (
+        json.dumps(
+            {
+                "tool": "data-agent",
+                "version": __version__,
+                "design_id": design.id,
+                "name": design.name,
+                "design_version": design.version,
+                "summary": design.summary,
+                "report": report.model_dump(),
+                "total_seconds": report.total_seconds,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+
+
+def _replace_file(path: Path, content: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(content, encoding="utf-8")
+    tmp.replace(path)
+
+
+class _Timer:
+    def __init__(self, report: RunReport, on_stage: Callable[[str, float], None] | None) -> None:
+        self.report = report
+        self.on_stage = on_stage
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        except DataAgentError:
+            raise
+        elapsed = time.perf_counter() - start
+        self.report.stages.append(StageTiming(stage=stage, seconds=round(elapsed, 4)))
+        if self.on_stage:
+            self.on_stage(stage, elapsed)

@@ -1,0 +1,457 @@
+"""Load the organisation's steering policies from a context directory.
+
+Formats: Markdown with or without YAML front matter, YAML rule files, plain text. Each document is split
+into sections and normative clauses; a clause id is ``<policy>.<section-slug>.<n>`` so it stays stable
+across runs and can be cited by design decisions. A broken file is reported by path and line and the rest
+still loads; only when nothing at all loads is it an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from agent.errors import PolicyError
+from agent.models import LoadProblem, Policy, PolicyRule, PolicySection, slugify
+
+MAX_POLICY_BYTES = 5_000_000
+POLICY_SUFFIXES = {".md", ".markdown", ".yaml", ".yml", ".txt", ".text"}
+CONVENTIONAL_DIRS = (Path(".claude/context-engg-system-steering"), Path(".claude/steering"))
+
+# Order matters: longer phrases first so "MUST NOT" is never read as "MUST".
+MODALITIES = ("MUST NOT", "SHALL NOT", "SHOULD NOT", "MUST", "SHALL", "SHOULD", "MAY", "REQUIRED", "NEVER")
+_NORMATIVE = re.compile(
+    r"\b(MUST NOT|SHALL NOT|SHOULD NOT|MUST|SHALL|SHOULD|MAY|REQUIRED|NEVER)\b"
+    r"|\b(required|never|at least|at most|within|no later than|is mandatory|are mandatory)\b"
+)
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(\r?\n|\Z)", re.S)
+_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+_BULLET = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+(.*)$")
+_SCOPE_LINE = re.compile(r"^\s*(?:applies to|scope)\s*:\s*(.+)$", re.I)
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'])")
+
+
+@dataclass
+class PolicySet:
+    """What a context directory yielded: the policies, the problems, and where they came from."""
+
+    root: Path
+    policies: list[Policy] = field(default_factory=list)
+    problems: list[LoadProblem] = field(default_factory=list)
+
+    @property
+    def rules(self) -> list[PolicyRule]:
+        return [r for p in self.policies for r in p.rules]
+
+    def rule(self, rule_id: str) -> PolicyRule | None:
+        return next((r for r in self.rules if r.id == rule_id), None)
+
+    def policy(self, policy_id: str) -> Policy | None:
+        return next((p for p in self.policies if p.id == policy_id), None)
+
+
+def resolve_context_dir(explicit: str | Path | None = None, cwd: Path | None = None) -> Path:
+    """--context DIR, then $DATA_AGENT_CONTEXT, then the conventional folders, then the packaged defaults."""
+    if explicit:
+        return Path(explicit)
+    if env := os.environ.get("DATA_AGENT_CONTEXT"):
+        return Path(env)
+    base = cwd or Path.cwd()
+    for rel in CONVENTIONAL_DIRS:
+        if (base / rel).is_dir():
+            return base / rel
+    from agent.resources import shipped
+
+    return shipped("context")
+
+
+# The parse cache: a path whose mtime, size and content hash are unchanged is not parsed again.
+_CACHE: dict[str, tuple[tuple[int, int], str, Policy | None, list[LoadProblem]]] = {}
+
+
+def load_policies(context: str | Path | None = None) -> PolicySet:
+    root = resolve_context_dir(context)
+    result = PolicySet(root=root)
+    if not root.exists():
+        raise PolicyError(
+            "context directory does not exist",
+            path=root,
+            hint="pass --context DIR or omit it to use the packaged policies",
+        )
+    if not root.is_dir():
+        raise PolicyError("context path is not a directory", path=root)
+    files = list(_walk(root, result.problems))
+    if not files:
+        raise PolicyError("no policy files found (.md, .yaml, .yml, .txt)", path=root)
+    seen_ids: dict[str, str] = {}
+    for path in files:
+        policy, problems = load_policy_file(path, root)
+        result.problems.extend(problems)
+        if policy is None:
+            continue
+        if policy.id in seen_ids:
+            result.problems.append(
+                LoadProblem(
+                    path=str(path),
+                    line=1,
+                    message=(
+                        f"duplicate policy id {policy.id!r} (also in {seen_ids[policy.id]}); this file was skipped"
+                    ),
+                )
+            )
+            continue
+        seen_ids[policy.id] = str(path)
+        result.policies.append(policy)
+    if not result.policies:
+        detail = "; ".join(str(p) for p in result.problems[:3]) or "no normative clauses"
+        raise PolicyError(f"no policy could be loaded ({detail})", path=root)
+    return result
+
+
+def _walk(root: Path, problems: list[LoadProblem]) -> Iterable[Path]:
+    """Files under root, sorted, following symlinks once and reporting loops instead of hanging."""
+    visited: set[tuple[int, int]] = set()
+    stack = [root]
+    out: list[Path] = []
+    while stack:
+        folder = stack.pop()
+        try:
+            st = folder.stat()
+        except OSError as exc:
+            problems.append(LoadProblem(path=str(folder), message=f"cannot read: {exc.strerror or exc}"))
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in visited:
+            problems.append(
+                LoadProblem(path=str(folder), message="symlink loop; skipped", severity="warning")
+            )
+            continue
+        visited.add(key)
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError as exc:
+            problems.append(LoadProblem(path=str(folder), message=f"cannot list: {exc.strerror or exc}"))
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir():
+                    stack.append(entry)
+                elif entry.is_file() and entry.suffix.lower() in POLICY_SUFFIXES:
+                    out.append(entry)
+                elif not entry.exists():
+                    problems.append(
+                        LoadProblem(
+                            path=str(entry),
+                            message="broken symlink or symlink loop; skipped",
+                            severity="warning",
+                        )
+                    )
+            except OSError as exc:
+                problems.append(LoadProblem(path=str(entry), message=f"cannot read: {exc.strerror or exc}"))
+    return sorted(out)
+
+
+def load_policy_file(path: Path, root: Path | None = None) -> tuple[Policy | None, list[LoadProblem]]:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return None, [LoadProblem(path=str(path), message=f"cannot read: {exc.strerror or exc}")]
+    if st.st_size > MAX_POLICY_BYTES:
+        return None, [
+            LoadProblem(
+                path=str(path),
+                message=(
+                    f"file is {st.st_size:,} bytes, over the {MAX_POLICY_BYTES:,}-byte limit for a policy; skipped"
+                ),
+            )
+        ]
+    stamp = (st.st_mtime_ns, st.st_size)
+    cached = _CACHE.get(str(path))
+    if cached and cached[0] == stamp:
+        return cached[2], list(cached[3])
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return None, [LoadProblem(path=str(path), message=f"cannot read: {exc.strerror or exc}")]
+    digest = hashlib.sha256(raw).hexdigest()
+    if cached and cached[1] == digest:
+        _CACHE[str(path)] = (stamp, digest, cached[2], cached[3])
+        return cached[2], list(cached[3])
+    policy, problems = parse_policy_bytes(raw, path, root)
+    _CACHE[str(path)] = (stamp, digest, policy, problems)
+    return policy, list(problems)
+
+
+def parse_policy_bytes(
+    raw: bytes, path: Path, root: Path | None = None
+) -> tuple[Policy | None, list[LoadProblem]]:
+    if b"\x00" in raw[:8192]:
+        return None, [LoadProblem(path=str(path), message="binary file (contains NUL bytes); skipped")]
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        return None, [LoadProblem(path=str(path), line=line, message="not UTF-8 text; skipped")]
+    default_id = slugify(path.stem).replace("_", "-")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        return _parse_yaml_policy(text, path, default_id)
+    if path.suffix.lower() in (".md", ".markdown"):
+        return _parse_markdown_policy(text, path, default_id)
+    return _parse_plain_policy(text, path, default_id)
+
+
+def _front_matter(text: str, path: Path) -> tuple[dict, str, int, list[LoadProblem]]:
+    m = _FRONT_MATTER.match(text)
+    if not m:
+        return {}, text, 0, []
+    body_offset = text[: m.end()].count("\n")
+    try:
+        meta = yaml.safe_load(m.group(1))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 2 if mark else 1
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        return (
+            {},
+            text[m.end() :],
+            body_offset,
+            [
+                LoadProblem(
+                    path=str(path), line=line, message=f"broken front matter: {problem}; defaults used"
+                )
+            ],
+        )
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict):
+        return (
+            {},
+            text[m.end() :],
+            body_offset,
+            [
+                LoadProblem(
+                    path=str(path),
+                    line=2,
+                    message=f"front matter is a {type(meta).__name__}, not a mapping; defaults used",
+                )
+            ],
+        )
+    return meta, text[m.end() :], body_offset, []
+
+
+def _meta_fields(meta: dict, path: Path, default_id: str, problems: list[LoadProblem]) -> dict:
+    def as_list(value: object) -> list[str]:
+        if value is None:
+            return []
+        if isinstance(value, str):
+            return [v.strip().lower() for v in value.split(",") if v.strip()]
+        if isinstance(value, list):
+            return [str(v).strip().lower() for v in value]
+        problems.append(
+            LoadProblem(
+                path=str(path), line=1, message="applies_to must be a list; ignored", severity="warning"
+            )
+        )
+        return []
+
+    pid = str(meta.get("id") or default_id)
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", pid):
+        problems.append(
+            LoadProblem(
+                path=str(path),
+                line=1,
+                message=f"policy id {pid!r} is not a simple name; using {default_id!r}",
+                severity="warning",
+            )
+        )
+        pid = default_id
+    return {
+        "id": pid,
+        "title": str(meta.get("title") or path.stem.replace("-", " ").replace("_", " ").title()),
+        "kind": str(meta.get("kind") or "general"),
+        "severity": str(meta.get("severity") or "error"),
+        "applies_to": as_list(meta.get("applies_to")),
+        "always": bool(meta.get("always", False)),
+    }
+
+
+def modality_of(text: str) -> str | None:
+    m = _NORMATIVE.search(text)
+    if not m:
+        return None
+    return (m.group(1) or m.group(2)).upper()
+
+
+def _split_clauses(lines: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """Bullets are clauses; in prose, sentences are. Continuation lines join the bullet above."""
+    clauses: list[tuple[int, str]] = []
+    paragraph: list[tuple[int, str]] = []
+
+    def flush() -> None:
+        if not paragraph:
+            return
+        joined = " ".join(t.strip() for _, t in paragraph)
+        start = paragraph[0][0]
+        for sentence in _SENTENCE.split(joined):
+            if sentence.strip():
+                clauses.append((start, sentence.strip()))
+        paragraph.clear()
+
+    for lineno, line in lines:
+        if m := _BULLET.match(line):
+            flush()
+            clauses.append((lineno, m.group(1).strip()))
+        elif not line.strip():
+            flush()
+        elif clauses and not paragraph and line.startswith((" ", "\t")) and lines and clauses[-1][0] < lineno:
+            clauses[-1] = (clauses[-1][0], clauses[-1][1] + " " + line.strip())
+        else:
+            paragraph.append((lineno, line))
+    flush()
+    return clauses
+
+
+def _build_sections(
+    pid: str, blocks: list[tuple[str, int, list[tuple[int, str]]]], always: bool, base_tags: list[str]
+) -> list[PolicySection]:
+    sections: list[PolicySection] = []
+    used_slugs: dict[str, int] = {}
+    for title, line, body in blocks:
+        tags = list(base_tags)
+        kept_lines = []
+        for lineno, text in body:
+            if m := _SCOPE_LINE.match(text):
+                tags.extend(t.strip().lower() for t in m.group(1).split(",") if t.strip())
+            else:
+                kept_lines.append((lineno, text))
+        slug = slugify(title).replace("_", "-") or "general"
+        used_slugs[slug] = used_slugs.get(slug, 0) + 1
+        if used_slugs[slug] > 1:
+            slug = f"{slug}-{used_slugs[slug]}"
+        rules = []
+        for lineno, clause in _split_clauses(kept_lines):
+            modality = modality_of(clause)
+            if modality is None:
+                continue
+            rules.append(
+                PolicyRule(
+                    id=f"{pid}.{slug}.{len(rules) + 1}",
+                    policy_id=pid,
+                    section=title,
+                    text=clause,
+                    modality=modality,
+                    line=lineno,
+                    tags=sorted(set(tags)),
+                    always=always,
+                )
+            )
+        section_text = "\n".join(t for _, t in kept_lines).strip()
+        if rules or section_text:
+            sections.append(PolicySection(title=title, line=line, text=section_text, rules=rules))
+    return sections
+
+
+def _parse_markdown_policy(text: str, path: Path, default_id: str) -> tuple[Policy | None, list[LoadProblem]]:
+    meta, body, offset, problems = _front_matter(text, path)
+    fields = _meta_fields(meta, path, default_id, problems)
+    blocks: list[tuple[str, int, list[tuple[int, str]]]] = []
+    current_title, current_line, current = "General", offset + 1, []
+    for i, line in enumerate(body.splitlines(), start=offset + 1):
+        if m := _HEADING.match(line):
+            if len(m.group(1)) == 1 and not meta.get("title") and not blocks and not current:
+                fields["title"] = m.group(2)
+                continue
+            if current:
+                blocks.append((current_title, current_line, current))
+            current_title, current_line, current = m.group(2), i, []
+        else:
+            current.append((i, line))
+    if current:
+        blocks.append((current_title, current_line, current))
+    sections = _build_sections(fields["id"], blocks, fields["always"], fields["applies_to"])
+    return _finish(fields, path, sections, problems)
+
+
+def _parse_plain_policy(text: str, path: Path, default_id: str) -> tuple[Policy | None, list[LoadProblem]]:
+    problems: list[LoadProblem] = []
+    fields = _meta_fields({}, path, default_id, problems)
+    lines = [(i, line) for i, line in enumerate(text.splitlines(), start=1)]
+    sections = _build_sections(fields["id"], [("General", 1, lines)], False, [])
+    return _finish(fields, path, sections, problems)
+
+
+def _parse_yaml_policy(text: str, path: Path, default_id: str) -> tuple[Policy | None, list[LoadProblem]]:
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        return None, [
+            LoadProblem(
+                path=str(path),
+                line=mark.line + 1 if mark else None,
+                message=f"malformed YAML: {problem}; skipped",
+            )
+        ]
+    if not isinstance(data, dict):
+        return None, [LoadProblem(path=str(path), line=1, message="a YAML policy must be a mapping; skipped")]
+    problems: list[LoadProblem] = []
+    fields = _meta_fields(data, path, default_id, problems)
+    rule_nodes = []
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if key.value == "rules" and isinstance(value, yaml.SequenceNode):
+                rule_nodes = value.value
+    raw_rules = data.get("rules") or []
+    if not isinstance(raw_rules, list):
+        return None, [LoadProblem(path=str(path), line=1, message="'rules' must be a list; skipped")]
+    rules: list[PolicyRule] = []
+    for i, item in enumerate(raw_rules):
+        line = rule_nodes[i].start_mark.line + 1 if i < len(rule_nodes) else 1
+        if isinstance(item, str):
+            item = {"text": item}
+        if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+            problems.append(
+                LoadProblem(path=str(path), line=line, message="a rule needs a 'text' string; skipped")
+            )
+            continue
+        clause = " ".join(item["text"].split())
+        modality = modality_of(clause) or "SHOULD"
+        rid = str(item.get("id") or len(rules) + 1)
+        tags = item.get("tags") or []
+        rules.append(
+            PolicyRule(
+                id=f"{fields['id']}.{rid}",
+                policy_id=fields["id"],
+                section=str(item.get("section") or fields["title"]),
+                text=clause,
+                modality=modality,
+                line=line,
+                tags=sorted({*(str(t).lower() for t in tags), *fields["applies_to"]}),
+                always=bool(item.get("always", fields["always"])),
+            )
+        )
+    sections = [PolicySection(title=fields["title"], line=1, text="", rules=rules)] if rules else []
+    return _finish(fields, path, sections, problems)
+
+
+def _finish(
+    fields: dict, path: Path, sections: list[PolicySection], problems: list[LoadProblem]
+) -> tuple[Policy | None, list[LoadProblem]]:
+    if not any(s.rules for s in sections):
+        problems.append(
+            LoadProblem(
+                path=str(path), message="no normative clauses found; not a policy", severity="warning"
+            )
+        )
+        return None, problems
+    return Policy(path=str(path), sections=sections, **fields), problems

@@ -1,0 +1,251 @@
+"""Check each artifact with its own format's checker.
+
+DDL must parse in its dialect with no statement falling back to sqlglot's generic Command; the DuckDB
+copy and the quality checks must execute in DuckDB; processing SQL must parse and reference only columns
+the DDL defines; Python must compile; YAML and JSON must load. With a schemas folder (the official dbt,
+ODCS and OpenLineage JSON Schemas), the structured artifacts are validated against them too.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agent.models import ArtifactCheck, Design
+
+
+def validate_bundle(
+    design: Design, files: Mapping[str, str], schemas: Path | None = None
+) -> list[ArtifactCheck]:
+    results: list[ArtifactCheck] = []
+    dialect = design.storage.warehouse or "duckdb"
+    for path, content in sorted(files.items()):
+        if path.startswith("storage/ddl.") and path.endswith(".sql"):
+            results.append(check_ddl(path, content, path.split(".")[1]))
+        elif path.endswith(".py"):
+            results.append(check_python(path, content))
+        elif path.endswith((".yaml", ".yml")):
+            results.append(check_yaml(path, content))
+        elif path.endswith(".json"):
+            results.append(check_json(path, content))
+    results.append(check_duckdb(files, design))
+    results.extend(check_models(design, files, dialect))
+    if schemas and schemas.is_dir():
+        results.extend(check_schemas(files, schemas))
+    return results
+
+
+def check_ddl(path: str, sql: str, dialect: str) -> ArtifactCheck:
+    import sqlglot
+    from sqlglot import exp
+    from sqlglot.errors import ParseError
+
+    try:
+        statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
+    except ParseError as exc:
+        return ArtifactCheck(
+            path=path, checker=f"sqlglot[{dialect}]", ok=False, message=str(exc).splitlines()[0]
+        )
+    commands = [s for s in statements if isinstance(s, exp.Command)]
+    if commands:
+        return ArtifactCheck(
+            path=path,
+            checker=f"sqlglot[{dialect}]",
+            ok=False,
+            message=f"{len(commands)} statement(s) fell back to a generic Command: {commands[0].sql()[:80]}",
+        )
+    return ArtifactCheck(
+        path=path, checker=f"sqlglot[{dialect}]", ok=True, message=f"{len(statements)} statements"
+    )
+
+
+def check_python(path: str, source: str) -> ArtifactCheck:
+    try:
+        ast.parse(source, filename=path)
+        compile(source, path, "exec")
+    except SyntaxError as exc:
+        return ArtifactCheck(path=path, checker="ast", ok=False, message=f"line {exc.lineno}: {exc.msg}")
+    return ArtifactCheck(path=path, checker="ast", ok=True)
+
+
+def check_yaml(path: str, content: str) -> ArtifactCheck:
+    try:
+        yaml.safe_load(content)
+    except yaml.YAMLError as exc:
+        return ArtifactCheck(path=path, checker="yaml", ok=False, message=str(exc).splitlines()[0])
+    return ArtifactCheck(path=path, checker="yaml", ok=True)
+
+
+def check_json(path: str, content: str) -> ArtifactCheck:
+    try:
+        json.loads(content)
+    except json.JSONDecodeError as exc:
+        return ArtifactCheck(path=path, checker="json", ok=False, message=f"line {exc.lineno}: {exc.msg}")
+    return ArtifactCheck(path=path, checker="json", ok=True)
+
+
+def split_checks(sql: str) -> list[tuple[str, str]]:
+    """(check id, query) pairs from quality/checks.sql."""
+    out = []
+    for block in re.split(r"^-- check: ", sql, flags=re.M)[1:]:
+        name, _, body = block.partition("\n")
+        query = "\n".join(line for line in body.splitlines() if not line.startswith("--")).strip().rstrip(";")
+        out.append((name.strip(), query))
+    return out
+
+
+def check_duckdb(files: Mapping[str, str], design: Design) -> ArtifactCheck:
+    """The DuckDB copy of the DDL creates every table, and every quality check runs against them."""
+    import duckdb
+
+    con = duckdb.connect(":memory:")
+    try:
+        try:
+            con.execute(files["storage/ddl.duckdb.sql"])
+        except duckdb.Error as exc:
+            return ArtifactCheck(
+                path="storage/ddl.duckdb.sql", checker="duckdb", ok=False, message=str(exc)[:200]
+            )
+        for name, query in split_checks(files.get("quality/checks.sql", "")):
+            try:
+                con.execute(query).fetchall()
+            except duckdb.Error as exc:
+                return ArtifactCheck(
+                    path="quality/checks.sql", checker="duckdb", ok=False, message=f"{name}: {str(exc)[:200]}"
+                )
+    finally:
+        con.close()
+    return ArtifactCheck(
+        path="storage/ddl.duckdb.sql",
+        checker="duckdb",
+        ok=True,
+        message=f"{len(design.storage.tables)} tables created; quality checks executed",
+    )
+
+
+def compile_model(sql: str) -> str:
+    """dbt Jinja -> plain SQL: ref('x') and source('raw', 'x') become schema-qualified names."""
+    sql = re.sub(r"\{\{\s*config\(.*?\)\s*\}\}", "", sql, flags=re.S)
+    sql = re.sub(r"\{\{\s*source\(\s*'(\w+)'\s*,\s*'(\w+)'\s*\)\s*\}\}", r"\1.\2", sql)
+    return sql
+
+
+def check_models(design: Design, files: Mapping[str, str], dialect: str) -> list[ArtifactCheck]:
+    """Each model parses, and every column it selects from a table exists in that table's DDL."""
+    import sqlglot
+    from sqlglot import exp
+    from sqlglot.errors import SqlglotError
+
+    by_name = {t.name: t for t in design.storage.tables}
+    columns = {t.qualified: {c.name for c in t.columns} for t in design.storage.tables}
+    results = []
+    for t in design.processing.transformations:
+        table = next(x for x in design.storage.tables if x.qualified == t.target_table)
+        path = f"processing/models/{table.layer}/{t.name}.sql"
+        sql = compile_model(
+            re.sub(
+                r"\{\{\s*ref\('(\w+)'\)\s*\}\}",
+                lambda m: by_name[m.group(1)].qualified if m.group(1) in by_name else m.group(1),
+                t.sql,
+            )
+        )
+        try:
+            tree = sqlglot.parse_one(sql, read="duckdb")
+        except SqlglotError as exc:
+            results.append(
+                ArtifactCheck(path=path, checker="sqlglot", ok=False, message=str(exc).splitlines()[0])
+            )
+            continue
+        problems = _unknown_columns(tree, columns, exp)
+        out_cols = [s.alias_or_name for s in tree.selects] if isinstance(tree, exp.Select) else []
+        missing_out = [c for c in out_cols if c not in columns[table.qualified]]
+        if missing_out:
+            problems.append(f"outputs {', '.join(missing_out)} not in {table.qualified}")
+        results.append(
+            ArtifactCheck(
+                path=path, checker="sqlglot+ddl-columns", ok=not problems, message="; ".join(problems)
+            )
+        )
+    return results
+
+
+def _unknown_columns(tree: Any, columns: dict[str, set[str]], exp: Any) -> list[str]:
+    problems = []
+    for select in tree.find_all(exp.Select):
+        sources = {}
+        for table in select.find_all(exp.Table):
+            if table.find_ancestor(exp.Select) is not select:
+                continue
+            q = f"{table.db}.{table.name}" if table.db else table.name
+            if q in columns:
+                sources[table.alias_or_name] = columns[q]
+        if not sources:
+            continue
+        derived = {s.alias_or_name for s in select.selects}
+        for col in select.find_all(exp.Column):
+            if col.find_ancestor(exp.Select) is not select:
+                continue
+            if col.table and col.table in sources:
+                if col.name not in sources[col.table]:
+                    problems.append(f"{col.table}.{col.name} is not a column of its table")
+            elif not col.table and len(sources) == 1:
+                known = next(iter(sources.values()))
+                if col.name not in known and col.name not in derived and col.name not in ("_rn",):
+                    problems.append(f"{col.name} is not a column of its table")
+    return problems
+
+
+def check_schemas(files: Mapping[str, str], schemas: Path) -> list[ArtifactCheck]:
+    import jsonschema
+    from referencing import Registry, Resource
+
+    results = []
+    resources = []
+    for p in sorted(schemas.rglob("*.json")):
+        doc = json.loads(p.read_text())
+        if "$id" in doc:
+            resources.append((doc["$id"], Resource.from_contents(doc)))
+    registry = Registry().with_resources(resources)
+    run_event = {"$ref": "https://openlineage.io/spec/2-0-2/OpenLineage.json#/$defs/RunEvent"}
+    odcs = json.loads((schemas / "odcs" / "odcs-json-schema-v3.1.0.json").read_text())
+    dbt = json.loads((schemas / "dbt" / "dbt_yml_files-latest-fusion.json").read_text())
+    for path, content in sorted(files.items()):
+        try:
+            if path == "documentation/openlineage/events.json":
+                validator = jsonschema.Draft202012Validator(run_event, registry=registry)
+                for i, event in enumerate(json.loads(content)):
+                    _validate_facets(event, registry)
+                    validator.validate(event)
+                results.append(ArtifactCheck(path=path, checker="jsonschema[openlineage]", ok=True))
+            elif path.endswith(".odcs.yaml"):
+                jsonschema.Draft201909Validator(odcs).validate(yaml.safe_load(content))
+                results.append(ArtifactCheck(path=path, checker="jsonschema[odcs-3.1.0]", ok=True))
+            elif path in ("quality/schema.yml", "processing/sources.yml"):
+                jsonschema.Draft7Validator(dbt).validate(yaml.safe_load(content))
+                results.append(ArtifactCheck(path=path, checker="jsonschema[dbt]", ok=True))
+        except jsonschema.ValidationError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path)
+            results.append(
+                ArtifactCheck(
+                    path=path, checker="jsonschema", ok=False, message=f"{where}: {exc.message[:200]}"
+                )
+            )
+    return results
+
+
+def _validate_facets(event: dict[str, Any], registry: Any) -> None:
+    """Each facet against its own schema (the core schema only checks the facet base)."""
+    import jsonschema
+
+    facet_sets = [event.get("job", {}).get("facets", {})]
+    facet_sets += [d.get("facets", {}) for d in event.get("inputs", []) + event.get("outputs", [])]
+    for facets in facet_sets:
+        for facet in facets.values():
+            url = facet["_schemaURL"]
+            jsonschema.Draft202012Validator({"$ref": url}, registry=registry).validate(facet)
