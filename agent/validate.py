@@ -219,7 +219,7 @@ def check_schemas(files: Mapping[str, str], schemas: Path) -> list[ArtifactCheck
         try:
             if path == "documentation/openlineage/events.json":
                 validator = jsonschema.Draft202012Validator(run_event, registry=registry)
-                for i, event in enumerate(json.loads(content)):
+                for event in json.loads(content):
                     _validate_facets(event, registry)
                     validator.validate(event)
                 results.append(ArtifactCheck(path=path, checker="jsonschema[openlineage]", ok=True))
