@@ -404,11 +404,14 @@ def _select_rules(
     used = tokens.count(header, encoding)
     seen_heads: set[tuple[str, str]] = set()
     kept: list[_Candidate] = []
+    always_missed = False
     for c in candidates:
         head_key = (c.rule.policy_id, c.rule.section)
         head_cost = 0 if head_key in seen_heads else 14
         why = "always-on rule" if c.rule.always else f"relevance {c.score:.3f}"
-        if used + c.tokens + head_cost <= budget:
+        if always_missed and not c.rule.always:
+            why += "; an always-on rule did not fit, so no ranked clause may take its room"
+        if used + c.tokens + head_cost <= budget and not (always_missed and not c.rule.always):
             kept.append(c)
             seen_heads.add(head_key)
             used += c.tokens + head_cost
@@ -423,6 +426,7 @@ def _select_rules(
                 )
             )
         else:
+            always_missed = always_missed or c.rule.always
             items.append(
                 PackItem(
                     id=c.rule.id,

@@ -8,9 +8,12 @@ still loads; only when nothing at all loads is it an error.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import pickle
 import re
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,8 +74,78 @@ def resolve_context_dir(explicit: str | Path | None = None, cwd: Path | None = N
     return shipped("context")
 
 
-# The parse cache: a path whose mtime, size and content hash are unchanged is not parsed again.
-_CACHE: dict[str, tuple[tuple[int, int], str, Policy | None, list[LoadProblem]]] = {}
+# The parse cache: a path whose mtime, size and content hash are unchanged is not parsed again. It lives
+# in this process (``_CACHE``) and on disk (one pickle under the user data dir's ``cache/``, keyed by the
+# parser's own source hash so a new version never reads an old format). A stat match (mtime_ns, size) is
+# trusted; a stat change with the same sha256 (a touch, a checkout) is a hit too. The disk file is written
+# atomically (temp file + rename) only when something changed; an unreadable file is ignored and rebuilt.
+_Entry = tuple[tuple[int, int], str, "Policy | None", list[LoadProblem]]
+_CACHE: dict[str, _Entry] = {}
+_DISK: dict[str, _Entry] | None = None
+_DISK_DIRTY = False
+
+
+def _parser_key() -> str:
+    h = hashlib.sha256()
+    for mod in (__file__, Path(__file__).with_name("models.py")):
+        with contextlib.suppress(OSError):
+            h.update(Path(mod).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cache_file() -> Path | None:
+    """The persistent parse cache, or None when disabled (``DATA_AGENT_CACHE_DIR=off``)."""
+    where = os.environ.get("DATA_AGENT_CACHE_DIR")
+    if where and where.lower() in ("off", "0", "none", "false"):
+        return None
+    if where:
+        base = Path(where)
+    else:
+        from agent.resources import user_data_dir
+
+        base = user_data_dir() / "cache"
+    return base / f"policies-{_parser_key()}.pkl"
+
+
+def _disk() -> dict[str, _Entry]:
+    global _DISK
+    if _DISK is None:
+        _DISK = {}
+        path = cache_file()
+        if path is not None and path.is_file():
+            try:
+                with open(path, "rb") as fh:
+                    data = pickle.load(fh)  # our own file in the user's data dir, versioned by parser hash
+                if isinstance(data, dict):
+                    _DISK = data
+            except Exception:  # noqa: BLE001 - a corrupt cache is a cold cache, never an error
+                _DISK = {}
+    return _DISK
+
+
+def _remember(key: str, entry: _Entry) -> None:
+    global _DISK_DIRTY
+    _CACHE[key] = entry
+    disk = _disk()
+    if disk.get(key) != entry:
+        disk[key] = entry
+        _DISK_DIRTY = True
+
+
+def _flush_disk() -> None:
+    global _DISK_DIRTY
+    path = cache_file()
+    if not _DISK_DIRTY or _DISK is None or path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".policies-", suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            pickle.dump(_DISK, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+        _DISK_DIRTY = False
+    except OSError:
+        pass  # a read-only data dir only costs speed
 
 
 def load_policies(context: str | Path | None = None) -> PolicySet:
@@ -108,6 +181,7 @@ def load_policies(context: str | Path | None = None) -> PolicySet:
             continue
         seen_ids[policy.id] = str(path)
         result.policies.append(policy)
+    _flush_disk()
     if not result.policies:
         detail = "; ".join(str(p) for p in result.problems[:3]) or "no normative clauses"
         raise PolicyError(f"no policy could be loaded ({detail})", path=root)
@@ -174,20 +248,30 @@ def load_policy_file(path: Path, root: Path | None = None) -> tuple[Policy | Non
             )
         ]
     stamp = (st.st_mtime_ns, st.st_size)
-    cached = _CACHE.get(str(path))
+    key = str(path.absolute())
+    cached = _CACHE.get(key)
     if cached and cached[0] == stamp:
-        return cached[2], list(cached[3])
+        return _copy(cached)
+    if cached is None and (cached := _disk().get(key)) and cached[0] == stamp:
+        _CACHE[key] = cached
+        return _copy(cached)
     try:
         raw = path.read_bytes()
     except OSError as exc:
         return None, [LoadProblem(path=str(path), message=f"cannot read: {exc.strerror or exc}")]
     digest = hashlib.sha256(raw).hexdigest()
     if cached and cached[1] == digest:
-        _CACHE[str(path)] = (stamp, digest, cached[2], cached[3])
-        return cached[2], list(cached[3])
+        _remember(key, (stamp, digest, cached[2], cached[3]))
+        return _copy(cached)
     policy, problems = parse_policy_bytes(raw, path, root)
-    _CACHE[str(path)] = (stamp, digest, policy, problems)
-    return policy, list(problems)
+    _remember(key, (stamp, digest, policy, problems))
+    return _copy(_CACHE[key])
+
+
+def _copy(entry: _Entry) -> tuple[Policy | None, list[LoadProblem]]:
+    """The cached Policy is shared, not copied (a deep copy costs more than the parse): treat loaded
+    policies as read-only, or ``model_copy(deep=True)`` before changing one."""
+    return entry[2], list(entry[3])
 
 
 def parse_policy_bytes(
