@@ -174,7 +174,7 @@ def render_bundle(
             f"pipelines/{pipeline.orchestrator}.py.j2",
             pipeline=pipeline,
         )
-    put(f"storage/ddl.{dialect}.sql", "storage/ddl.sql.j2", target_dialect=dialect)
+    files[f"storage/ddl.{dialect}.sql"] = render_ddl(design, dialect, user_templates, ctx)
     files["storage/ddl.duckdb.sql"] = (
         transpile_ddl(files[f"storage/ddl.{dialect}.sql"], dialect)
         if dialect != "duckdb"
@@ -203,6 +203,33 @@ def render_bundle(
     return files
 
 
+def render_ddl(
+    design: Design,
+    dialect: str,
+    user_templates: str | Path | None = None,
+    context: Mapping[str, Any] | None = None,
+) -> str:
+    """The storage DDL for any supported dialect (the bundle carries the target's and DuckDB's)."""
+    if dialect not in DIALECTS:
+        raise RenderError(f"unsupported dialect {dialect!r}; supported: {', '.join(DIALECTS)}")
+    ctx = (
+        dict(context)
+        if context
+        else {
+            "design": design,
+            "request": design.request,
+            "dialect": dialect,
+            "arch": design.architecture,
+            "storage": design.storage,
+            "quality": design.quality,
+            "docs": design.documentation,
+            "checks": [],
+            "delegations": [],
+        }
+    )
+    return render_template("storage/ddl.sql.j2", {**ctx, "target_dialect": dialect}, user_templates)
+
+
 def transpile_ddl(sql: str, dialect: str) -> str:
     """A DuckDB copy of the DDL, so the design can be executed locally."""
     import sqlglot
@@ -224,6 +251,12 @@ def _strip_physical_properties(statement: Any) -> Any:
         return statement
     statement = statement.copy()
     statement.set("properties", None)
+    # types and constraint options DuckDB does not know: SUPER is semi-structured JSON; NOT ENFORCED keys
+    for dtype in list(statement.find_all(exp.DataType)):
+        if dtype.this == exp.DataType.Type.SUPER:
+            dtype.replace(exp.DataType.build("JSON"))
+    for key in statement.find_all(exp.PrimaryKey):
+        key.set("options", None)
     for constraint in list(statement.find_all(exp.CommentColumnConstraint)):
         parent = constraint.parent
         constraint.pop()
@@ -324,15 +357,38 @@ def _dataset(namespace: str, table: Table, column_lineage: dict[str, Any] | None
 
 
 def check_writable(out: Path) -> None:
-    """Fail before any work is done if the bundle cannot be written where asked."""
-    parent = out.parent if not out.exists() else out
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
+    """Fail before any work is done if the bundle cannot be written where asked.
+
+    The bundle is swapped into place by renames in ``out.parent``, so that is the directory that must be
+    writable. An existing directory is replaced only if it is empty or a previous data-agent bundle: a
+    user's own folder (``--out .``, ``--out ~/project``) is never moved away and deleted.
+    """
     if out.exists() and not out.is_dir():
         raise OutputError("--out exists and is not a directory", path=out)
+    if out.is_dir() and not _replaceable(out):
+        raise OutputError(
+            "--out is a non-empty directory that is not a data-agent bundle; refusing to replace it",
+            path=out,
+            hint="choose a new or empty directory",
+        )
+    probe = out.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputError(f"--out cannot be created: {probe} is a file, not a directory", path=out)
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise OutputError("--out cannot be written (permission denied)", path=out)
+        raise OutputError(f"--out cannot be written: {probe} is not writable", path=out)
+
+
+def _replaceable(folder: Path) -> bool:
+    """Empty, or a bundle this tool wrote before (its manifest says so)."""
+    try:
+        if not any(folder.iterdir()):
+            return True
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("tool") == "data-agent"
 
 
 def write_bundle(out: Path, files: Mapping[str, str]) -> Path:

@@ -34,6 +34,8 @@ def validate_bundle(
             results.append(check_yaml(path, content))
         elif path.endswith(".json"):
             results.append(check_json(path, content))
+        elif path.endswith(".md") and "```mermaid" in content:
+            results.append(check_mermaid(path, content))
     results.append(check_duckdb(files, design))
     results.extend(check_models(design, files, dialect))
     if schemas and schemas.is_dir():
@@ -72,6 +74,59 @@ def check_python(path: str, source: str) -> ArtifactCheck:
     except SyntaxError as exc:
         return ArtifactCheck(path=path, checker="ast", ok=False, message=f"line {exc.lineno}: {exc.msg}")
     return ArtifactCheck(path=path, checker="ast", ok=True)
+
+
+MERMAID_HEADER = re.compile(r"^(flowchart|graph)\s+(TB|TD|BT|RL|LR)\s*$")
+MERMAID_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MERMAID_NODE = re.compile(r'^([^\s\[\]("|>-]+)\s*(\[".*"\]|\[[^\[\]"]*\]|\("[^"]*"\)|\([^()"]*\))?$')
+MERMAID_EDGE = re.compile(r'\s*(-->|---|-\.->|==>)\s*(\|"[^"]*"\||\|[^|"]*\|)?\s*')
+
+
+def mermaid_problems(diagram: str) -> list[str]:
+    """Structural check of a Mermaid flowchart: a header, valid node ids, well-formed node shapes and edge
+    labels, balanced quotes and brackets, and every edge endpoint a declared node (or declared inline)."""
+    lines = [
+        ln.strip() for ln in diagram.strip().splitlines() if ln.strip() and not ln.strip().startswith("%%")
+    ]
+    if not lines or not MERMAID_HEADER.match(lines[0]):
+        return ["first line must be 'flowchart <direction>'"]
+    problems: list[str] = []
+    declared: set[str] = set()
+    edges: list[tuple[int, str]] = []
+    for n, line in enumerate(lines[1:], start=2):
+        if line.count('"') % 2:
+            problems.append(f"line {n}: unbalanced quotes")
+            continue
+        outside = re.sub(r'"[^"]*"', "", line)
+        for left, right in ("[]", "()", "{}"):
+            if outside.count(left) != outside.count(right):
+                problems.append(f"line {n}: unbalanced {left}{right}")
+        parts = MERMAID_EDGE.split(line)
+        nodes = parts[::3]
+        for node in nodes:
+            m = MERMAID_NODE.match(node.strip())
+            if not m or not MERMAID_ID.match(m.group(1)):
+                problems.append(f"line {n}: bad node {node.strip()[:60]!r}")
+                continue
+            if m.group(2) or len(nodes) == 1:
+                declared.add(m.group(1))
+            else:
+                edges.append((n, m.group(1)))
+    problems += [
+        f"line {n}: edge endpoint {node!r} is not declared" for n, node in edges if node not in declared
+    ]
+    return problems
+
+
+def check_mermaid(path: str, markdown: str) -> ArtifactCheck:
+    blocks = re.findall(r"```mermaid\n(.*?)```", markdown, flags=re.S)
+    problems = [p for block in blocks for p in mermaid_problems(block)]
+    return ArtifactCheck(
+        path=path,
+        checker="mermaid-structure",
+        ok=bool(blocks) and not problems,
+        message="; ".join(problems[:5]) if problems else f"{len(blocks)} diagram(s)",
+    )
 
 
 def check_yaml(path: str, content: str) -> ArtifactCheck:
@@ -163,6 +218,7 @@ def check_models(design: Design, files: Mapping[str, str], dialect: str) -> list
             )
             continue
         problems = _unknown_columns(tree, columns, exp)
+        problems += _unresolved(tree, design)
         out_cols = [s.alias_or_name for s in tree.selects] if isinstance(tree, exp.Select) else []
         missing_out = [c for c in out_cols if c not in columns[table.qualified]]
         if missing_out:
@@ -173,6 +229,22 @@ def check_models(design: Design, files: Mapping[str, str], dialect: str) -> list
             )
         )
     return results
+
+
+def _unresolved(tree: Any, design: Design) -> list[str]:
+    """Strict resolution with sqlglot's optimizer: every column, through subqueries and joins, must resolve
+    to a column of a table in the DDL (or an alias defined in the query)."""
+    from sqlglot.errors import SqlglotError
+    from sqlglot.optimizer.qualify import qualify
+
+    schema: dict[str, dict[str, dict[str, str]]] = {}
+    for t in design.storage.tables:
+        schema.setdefault(t.schema_name, {})[t.name] = {c.name: "VARCHAR" for c in t.columns}
+    try:
+        qualify(tree.copy(), schema=schema, dialect="duckdb", validate_qualify_columns=True, identify=False)
+    except SqlglotError as exc:
+        return [str(exc).splitlines()[0][:200]]
+    return []
 
 
 def _unknown_columns(tree: Any, columns: dict[str, set[str]], exp: Any) -> list[str]:

@@ -997,13 +997,21 @@ def _describe(column: str) -> str:
     return column.replace("_", " ").capitalize() + "."
 
 
+def _internal(column: TableColumn) -> bool:
+    """A pipeline bookkeeping column (_loaded_at, _op ...), not a source column such as MongoDB's _id."""
+    return column.name.startswith("_") and not column.source
+
+
 def _time_column(cols: Sequence) -> str | None:
+    """The column that says when a row changed: never a PII date (a birth date is no clock)."""
+    cols = [c for c in cols if not c.pii and not re.search(r"birth|dob", c.name.lower())]
     for prefer in ("updated_at", "created_at"):
         if any(c.name == prefer for c in cols):
             return prefer
-    return next(
-        (c.name for c in cols if parse_logical_type(c.type)[0] in ("timestamp", "timestamptz", "date")), None
-    )
+    for kinds in (("timestamp", "timestamptz"), ("date",)):
+        if found := next((c.name for c in cols if parse_logical_type(c.type)[0] in kinds), None):
+            return found
+    return None
 
 
 def _is_fact(table: Table, entity_names: set[str]) -> bool:
@@ -1098,7 +1106,7 @@ def _model_core(
                 primary_key=[f"{base}_hk"],
                 description=f"Hub of {base} business keys.",
             )
-            attrs = [c for c in stg.columns if c.name not in stg.primary_key and not c.name.startswith("_")]
+            attrs = [c for c in stg.columns if c.name not in stg.primary_key and not _internal(c)]
             sat = Table(
                 name=f"sat_{base}",
                 layer="core",
@@ -1216,7 +1224,7 @@ def _model_core(
         main = facts[0]
         joins, cols, seen = [], [], set()
         for c in main.columns:
-            if not c.name.startswith("_"):
+            if not _internal(c):
                 cols.append(
                     TableColumn(
                         name=c.name,
@@ -1236,7 +1244,7 @@ def _model_core(
                 alias = f"d{i}"
                 joins.append(f"left join {{{{ ref('{d.name}') }}}} as {alias} on f.{key} = {alias}.{key}")
                 for c in d.columns:
-                    if c.name in seen or c.name.startswith("_"):
+                    if c.name in seen or _internal(c):
                         continue
                     seen.add(c.name)
                     cols.append(
@@ -1316,7 +1324,7 @@ def _model_core(
     for d in dims:
         base = d.name.removeprefix("stg_")
         singular = base[:-1] if base.endswith("s") and not base.endswith("ss") else base
-        attrs = [c for c in d.columns if not c.name.startswith("_")]
+        attrs = [c for c in d.columns if not _internal(c)]
         dim = Table(
             name=f"dim_{singular}",
             layer="core",
@@ -1391,7 +1399,7 @@ def _model_core(
         )
     for f in facts:
         base = f.name.removeprefix("stg_")
-        attrs = [c for c in f.columns if not c.name.startswith("_")]
+        attrs = [c for c in f.columns if not _internal(c)]
         tcol = _time_column(attrs)
         cols = [
             TableColumn(
@@ -1592,7 +1600,11 @@ def _quality(
                 "timeliness",
                 "freshness",
                 f"newest row within the {request.freshness} SLA",
-                max_age_minutes=int(max(fresh * 2, 30)),
+                # a date column only says which day: allow the day in progress plus the SLA
+                max_age_minutes=int(
+                    max(fresh * 2, 30)
+                    + (2880 if parse_logical_type(_col(t, t.partition_by).type)[0] == "date" else 0)
+                ),
             )
     for t in tables:
         if t.layer == "raw":
