@@ -60,6 +60,8 @@ class AgentConfig:
     agent_map: dict[str, str] = field(default_factory=dict)
     schemas: str | Path | None = None
     recall_k: int = 3
+    offline: bool = False  # auto never picks Claude when offline
+    claude: dict[str, Any] = field(default_factory=dict)  # model, max_tokens, timeout, retries, base_url
 
 
 @dataclass
@@ -139,8 +141,13 @@ class DataEngineerAgent:
             from agent.render import check_writable
 
             check_writable(Path(out).resolve())
+        planner = report.planner = self._planner()
+        if planner == "claude":
+            from agent.planner import claude
+
+            claude.begin_run(self.config.claude)
         with timer("request"):
-            req = to_request(request)
+            req = claude.to_request(request) if planner == "claude" else to_request(request)
         with timer("steering"):
             policies = self.policies()
             report.warnings += [str(p) for p in policies.problems]
@@ -152,12 +159,19 @@ class DataEngineerAgent:
             from agent.compress import pack
 
             context = pack(
-                policies, req, memories=recalled, budget=self.config.budget, encoding=self.config.encoding
+                policies,
+                req,
+                memories=recalled,
+                budget=self.config.budget,
+                encoding=self.config.encoding,
+                safety_factor=claude.safety_factor() if planner == "claude" else 1.0,
             )
         with timer("plan"):
             from agent.planner import plan
 
-            design = plan(req, context, policies, recalled, planner=self._planner())
+            design = plan(req, context, policies, recalled, planner=planner)
+        if planner == "claude":
+            report.usage = claude.take_usage()
         report.design_id = design.id
         with timer("checks"):
             from agent.checks import check_design
@@ -244,7 +258,7 @@ class DataEngineerAgent:
             return self.config.planner
         import os
 
-        return "claude" if os.environ.get("ANTHROPIC_API_KEY") else "rules"
+        return "claude" if os.environ.get("ANTHROPIC_API_KEY") and not self.config.offline else "rules"
 
 
 def to_request(request: DesignRequest | str | Path | Mapping[str, Any]) -> DesignRequest:

@@ -30,9 +30,11 @@ def add_parser(sub: Any) -> None:
         "--planner",
         default="rules",
         choices=["rules", "claude", "auto"],
-        help="rules (offline, default), claude (anthropic API) or auto",
+        help="rules (offline, default), claude (anthropic API) or auto (claude when "
+        "ANTHROPIC_API_KEY is set and --offline is not given)",
     )
     p.add_argument("--offline", action="store_true", help="never call a network service")
+    claude_options(p)
     p.add_argument("--templates", metavar="DIR", help="override templates by relative file name")
     p.add_argument("--no-memory", action="store_true", help="neither recall nor remember")
     p.add_argument("--no-remember", action="store_true", help="recall, but do not store this design")
@@ -46,6 +48,20 @@ def add_parser(sub: Any) -> None:
     )
     common(p)
     p.set_defaults(run=run)
+
+
+def claude_options(p: argparse.ArgumentParser) -> None:
+    """Settings of the Claude planner; each also reads $DATA_AGENT_* and the config file's [claude]."""
+    g = p.add_argument_group("Claude planner (flag > $DATA_AGENT_* > ~/.config/data-agent/config.toml)")
+    g.add_argument("--model", help="model id (default claude-sonnet-4-6; $DATA_AGENT_MODEL)")
+    g.add_argument("--max-tokens", type=int, help="reply token limit ($DATA_AGENT_MAX_TOKENS)")
+    g.add_argument("--timeout", type=float, help="seconds per API request ($DATA_AGENT_TIMEOUT)")
+    g.add_argument("--retries", type=int, help="retries on 429/5xx/529 with backoff ($DATA_AGENT_RETRIES)")
+
+
+def claude_settings(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("model", "max_tokens", "timeout", "retries")
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
 def parse_agent_map(items: list[str]) -> dict[str, str]:
@@ -65,9 +81,14 @@ def parse_agent_map(items: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from agent.errors import PlannerError
     from agent.runtime import AgentConfig, DataEngineerAgent
 
-    planner = "rules" if args.offline and args.planner != "claude" else args.planner
+    if args.offline and args.planner == "claude":
+        raise PlannerError(
+            "--planner claude calls the Anthropic API, which --offline forbids", hint="use --planner rules"
+        )
+    planner = "rules" if args.offline else args.planner
     config = AgentConfig(
         context=args.context,
         memory_dir=args.memory_dir,
@@ -79,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
         planner=planner,
         templates=args.templates,
         agent_map=parse_agent_map(args.agent_map),
+        offline=args.offline,
+        claude=claude_settings(args),
     )
     agent = DataEngineerAgent(config)
     several = len(args.requests) > 1
