@@ -10,12 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-
-from agent.errors import PlannerError
-from agent.models import DesignRequest
-from agent.request import request_from_text
-from agent.runtime import DataEngineerAgent
-from tests.fake_messages_api import (
+from fake_messages_api import (
     FakeMessagesAPI,
     Reply,
     overloaded,
@@ -23,6 +18,11 @@ from tests.fake_messages_api import (
     tool_reply,
     unauthorized,
 )
+
+from agent.errors import PlannerError
+from agent.models import DesignRequest
+from agent.request import request_from_text
+from agent.runtime import DataEngineerAgent
 
 TEXT = "CDC from Postgres orders and customers into Snowflake, hourly; emails are PII; GDPR"
 DRAFT_FIELDS = {
