@@ -190,6 +190,25 @@ DECISION_TERMS: dict[str, tuple[str, ...]] = {
     "ownership": ("owner", "steward", "catalog", "contract"),
     "monitoring": ("monitor", "alert", "drift", "observab", "lag"),
     "capacity": ("growth", "capacity", "10x", "scale", "cost", "budget", "tag"),
+    "failure": ("retry", "retries", "idempot", "dead-letter", "dead letter", "backfill", "replay"),
+    "cost": ("cost", "budget", "tag", "spend"),
+    "versions": ("version", "semver", "contract", "breaking"),
+    "serving": ("bi", "dashboard", "semantic", "metric", "feature", "consumer"),
+}
+
+BI_TOOLS = {
+    "looker": "LookML views generated from the marts' contracts; PDTs avoided (marts are already aggregated)",
+    "tableau": "live connection to the marts with a published data source; extracts only for slow sources",
+    "power_bi": "DirectQuery on marts (Import for small dimensions) through the on-premises gateway if needed",
+    "metabase": "models on the marts; the mart owner curates the metric definitions",
+    "superset": "datasets on the marts, virtual datasets for metrics",
+    "grafana": "time-series panels on the hot store; alerts from Grafana on the same queries",
+    "databricks_sql": "Databricks SQL dashboards on gold tables",
+}
+FEATURE_STORES = {
+    "databricks": "Databricks Feature Engineering in Unity Catalog (offline) + online tables",
+    "snowflake": "Snowflake Feature Store (offline) + Feast online store",
+    "bigquery": "Vertex AI Feature Store on BigQuery tables",
 }
 
 
@@ -420,7 +439,8 @@ def plan_design(
         )
 
     landing = lake or {"gcp": "gcs", "azure": "adls"}.get(cloud, "s3")
-    file_format = "avro" if uses_stream else "parquet"
+    hive_consumers = {c.lower() for c in request.consumers} & {"hive", "presto", "emr", "impala"}
+    file_format = "avro" if uses_stream else ("orc" if hive_consumers else "parquet")
     components.append(
         Component(
             name="landing",
@@ -437,9 +457,20 @@ def plan_design(
                 "Avro keeps row-oriented change events with their schema for the registry; columnar Parquet "
                 "for analytics"
                 if file_format == "avro"
-                else "Parquet is columnar and compressed, read natively by every engine; ORC only pays off on Hive"
+                else (
+                    f"ORC for the Hive-based consumers ({', '.join(sorted(hive_consumers))}): stripe statistics, "
+                    "bloom filters and ACID in Hive"
+                    if file_format == "orc"
+                    else "Parquet is columnar and compressed, read natively by every engine; ORC only pays off "
+                    "on Hive"
+                )
             ),
-            alternatives=["ORC", "JSON lines (no schema, larger)", "CSV (no types)"],
+            alternatives=[
+                f
+                for f in ("Avro (row-oriented, for streams)", "ORC (Hive)", "Parquet")
+                if file_format not in f.lower()
+            ]
+            + ["JSON lines (no schema, larger)", "CSV (no types)"],
             policy_ids=cite("storage", pack, policies),
         )
     )
@@ -835,30 +866,23 @@ def plan_design(
         )
     )
 
-    processing_notes = []
-    if capacity["rows_per_day_at_growth"] > 500_000_000 or capacity["gb_per_day_at_growth"] > 500:
-        processing_notes.append(
-            "Spark tuning: target 128-256 MB files, spark.sql.shuffle.partitions ~ 2-3x cores, adaptive query "
-            "execution on, broadcast joins for dimensions under 100 MB, and OPTIMIZE/compaction nightly."
-        )
-    if "ml" in consumers or "feature_store" in consumers:
-        processing_notes.append(
-            "Feature store hand-off: point-in-time correct feature tables keyed by entity id "
-            "and event timestamp; the genai-engineer owns training pipelines."
-        )
-        components.append(
-            Component(
-                name="feature_store",
-                kind="serving",
-                technology="Feature store (Feast / Databricks Feature Engineering)",
-                purpose="online and offline ML features",
-            )
-        )
-    if modelling != "one_big_table":
-        processing_notes.append(
-            "Metric layer: metrics (counts, sums, averages per day) are defined once in the "
-            "mart models and exposed to BI through the semantic layer."
-        )
+    processing_notes: list[str] = []
+    _serving_decisions(
+        request,
+        pack,
+        policies,
+        decisions,
+        components,
+        processing_notes,
+        capacity,
+        cost,
+        pipelines,
+        warehouse=warehouse,
+        modelling=modelling,
+        pattern=pattern,
+        stream_platform=stream_platform,
+        uses_stream=uses_stream,
+    )
 
     rows_note = ", ".join(f"{t.qualified}" for t in tables if t.kind in ("fact", "obt"))
     name = request.name
@@ -913,6 +937,194 @@ def plan_design(
         conflicts=conflicts,
         recalled=[r.memory.id for r in recalled],
     )
+
+
+def _serving_decisions(
+    request: DesignRequest,
+    pack: ContextPack,
+    policies: PolicySet,
+    decisions: list[Decision],
+    components: list[Component],
+    notes: list[str],
+    capacity: dict,
+    cost: dict,
+    pipelines: list[Pipeline],
+    *,
+    warehouse: str | None,
+    modelling: str,
+    pattern: str,
+    stream_platform: str,
+    uses_stream: bool,
+) -> None:
+    """Decisions past the core model: time series, sharding, Spark, failures, cost, versions, BI and ML."""
+    kinds = set(request.source_kinds())
+    consumers = {c.lower() for c in request.consumers}
+    rows_growth = capacity["rows_per_day_at_growth"]
+    eps = capacity.get("peak_events_per_second_at_growth", 0) or 0
+
+    # -- time series ---------------------------------------------------------------------------------
+    if kinds & {"influxdb", "timescaledb", "iot"} or "grafana" in consumers:
+        timescale = warehouse == "postgres" or "timescaledb" in kinds
+        store = "TimescaleDB" if timescale else "InfluxDB"
+        components.append(
+            Component(
+                name="timeseries_store",
+                kind="serving",
+                technology=(
+                    "TimescaleDB hypertables (1-day chunks, compression after 7 days, continuous aggregates)"
+                    if timescale
+                    else "InfluxDB 3 (retention-bucketed measurements, downsampling tasks)"
+                ),
+                purpose="hot time-series queries and dashboards; history stays in the lake/warehouse",
+            )
+        )
+        decisions.append(
+            Decision(
+                topic="Time-series store",
+                choice=store,
+                rationale=(
+                    "TimescaleDB keeps time series in Postgres: SQL joins with the relational dimensions, "
+                    "continuous aggregates for rollups, native compression"
+                    if timescale
+                    else "InfluxDB is purpose-built for high-cardinality metrics with retention and downsampling; "
+                    "the warehouse keeps the long history"
+                ),
+                alternatives=[
+                    "InfluxDB" if timescale else "TimescaleDB",
+                    "warehouse only (slow for dashboards)",
+                ],
+                policy_ids=cite("storage", pack, policies),
+            )
+        )
+
+    # -- sharding and Spark ----------------------------------------------------------------------------
+    if uses_stream:
+        partitions = max(3, int(eps // 1000) + 1)
+        unit = "shards" if stream_platform == "kinesis" else "partitions"
+        decisions.append(
+            Decision(
+                topic="Sharding",
+                choice=f"{partitions} {stream_platform} {unit}, keyed by the entity's primary key",
+                rationale=(
+                    f"Peak at {request.growth_factor:g}x growth is ~{eps:,.0f} events/s; at ~1,000 events/s per "
+                    f"{unit[:-1]}, {partitions} keeps headroom while keeping per-key ordering."
+                ),
+                alternatives=["random partitioning (loses per-key order)", "one partition per tenant"],
+                policy_ids=cite("capacity", pack, policies),
+            )
+        )
+    if rows_growth > 500_000_000 or capacity["gb_per_day_at_growth"] > 500:
+        tuning = (
+            "Spark tuning: target 128-256 MB files, spark.sql.shuffle.partitions ~ 2-3x cores, adaptive query "
+            "execution on, broadcast joins for dimensions under 100 MB, and OPTIMIZE/compaction nightly."
+        )
+        notes.append(tuning)
+        decisions.append(
+            Decision(
+                topic="Spark tuning",
+                choice="AQE on; 128-256 MB files; shuffle partitions ~2-3x cores; nightly compaction",
+                rationale=f"{rows_growth:,} rows/day at growth is beyond what single-node SQL handles. {tuning}",
+                alternatives=["default Spark settings (small files, skewed shuffles)"],
+                policy_ids=cite("capacity", pack, policies),
+            )
+        )
+
+    # -- failures, cost, versions -----------------------------------------------------------------------
+    decisions.append(
+        Decision(
+            topic="Failure handling",
+            choice="3 retries with exponential backoff; idempotent loads; dead-letter; backfill and replay",
+            rationale="; ".join(
+                f"{p.name}: idempotency key {p.idempotency_key}, backfill by {p.backfill}"
+                for p in pipelines[:3]
+            ),
+            alternatives=["fail fast and rerun by hand", "at-most-once delivery (drops data)"],
+            policy_ids=cite("failure", pack, policies),
+        )
+    )
+    budget = cost.get("budget_usd_month")
+    decisions.append(
+        Decision(
+            topic="Cost estimate",
+            choice=f"~${cost['monthly_estimate']:,.0f}/month today, ~${cost['monthly_estimate_at_growth']:,.0f} "
+            f"at {request.growth_factor:g}x",
+            rationale="Drivers: "
+            + "; ".join(f"{k} {v}" for k, v in cost["drivers"].items())
+            + (
+                f". Budget ${budget:,.0f}/month: {'within' if cost.get('within_budget') else 'OVER'} budget."
+                if budget
+                else "."
+            ),
+            alternatives=cost.get("levers", []),
+            policy_ids=cite("cost", pack, policies),
+        )
+    )
+    decisions.append(
+        Decision(
+            topic="Versions",
+            choice="Semantic versions for schemas, contracts and pipelines (design 1.0.0, schema 1.0.0)",
+            rationale="Additive changes bump the minor version; removals and retypes bump the major version, "
+            "need a new contract version and a migration window for consumers.",
+            alternatives=["unversioned schemas (breaking changes surprise consumers)"],
+            policy_ids=cite("versions", pack, policies),
+        )
+    )
+
+    # -- metric layer, BI, ML --------------------------------------------------------------------------
+    bi = sorted(c for c in consumers if c in BI_TOOLS)
+    if modelling != "one_big_table" or bi:
+        layer = (
+            "LookML (Looker semantic model) over the marts"
+            if "looker" in consumers
+            else "dbt Semantic Layer (MetricFlow) metrics over the marts"
+        )
+        notes.append(
+            f"Metric layer: metrics (counts, sums, averages per day) are defined once in {layer} and exposed to "
+            "BI tools, so every dashboard computes them the same way."
+        )
+        decisions.append(
+            Decision(
+                topic="Metric layer",
+                choice=layer,
+                rationale="One definition per metric, versioned with the models; BI tools read, never redefine.",
+                alternatives=["metrics defined per dashboard (drift)", "warehouse views only"],
+                policy_ids=cite("serving", pack, policies),
+            )
+        )
+    if bi:
+        decisions.append(
+            Decision(
+                topic="BI integration",
+                choice=", ".join(bi),
+                rationale="; ".join(f"{b}: {BI_TOOLS[b]}" for b in bi),
+                alternatives=["exports to spreadsheets"],
+                policy_ids=cite("serving", pack, policies),
+            )
+        )
+    if consumers & {"ml", "feature_store", "mlflow"} or any("model" in c for c in consumers):
+        tech = FEATURE_STORES.get(warehouse or "", "Feast (offline store on the lake, Redis online store)")
+        notes.append(
+            "Feature store hand-off: point-in-time correct feature tables keyed by entity id and event timestamp; "
+            "the genai-engineer owns training pipelines."
+        )
+        components.append(
+            Component(
+                name="feature_store",
+                kind="serving",
+                technology=tech,
+                purpose="online and offline ML features",
+            )
+        )
+        decisions.append(
+            Decision(
+                topic="Feature store hand-off",
+                choice=tech,
+                rationale="ML consumers need point-in-time correct features; the data platform publishes feature "
+                "tables from core, the ML pipeline (genai-engineer) owns training and serving models.",
+                alternatives=["ad-hoc training extracts (leak future data)"],
+                policy_ids=cite("serving", pack, policies),
+            )
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1798,4 +2010,6 @@ def _flows(
     flows.append(Flow(source="transform", target="consumers", mode="serve"))
     if any(c.name == "feature_store" for c in components):
         flows.append(Flow(source="transform", target="feature_store", mode="serve"))
+    if any(c.name == "timeseries_store" for c in components):
+        flows.append(Flow(source="transform", target="timeseries_store", mode="serve"))
     return flows
