@@ -99,8 +99,15 @@ def parse_request_text(text: str, *, path: Path | str = "<request>") -> DesignRe
         raise RequestError(
             f"malformed YAML: {problem}", path=path, line=mark.line + 1 if mark else None
         ) from None
+    if data is None:
+        raise RequestError("the request file is empty", path=path)
     if not isinstance(data, dict):
-        raise RequestError(f"a request must be a mapping, got {type(data).__name__}", path=path, line=1)
+        kind = {list: "a list", str: "a plain string"}.get(type(data), f"a {type(data).__name__}")
+        raise RequestError(
+            f"a request must be a mapping of fields (name, goal, sources, targets, ...), got {kind}",
+            path=path,
+            line=1,
+        )
     return validate_request(data, path=path, text=None if is_json else text)
 
 
@@ -111,6 +118,16 @@ def validate_request(
 
     data = dict(data)
     data.setdefault("name", slugify(str(data.get("goal", "design")))[:40] or "design")
+    # secrets typed into the prose of a request file are caught here, as free text is in request_from_text
+    if isinstance(data.get("goal"), str):
+        data["goal"] = redact(data["goal"])
+    if isinstance(data.get("sources"), list):
+        data["sources"] = [
+            {**s, "description": redact(s["description"])}
+            if isinstance(s, dict) and isinstance(s.get("description"), str)
+            else s
+            for s in data["sources"]
+        ]
     try:
         return DesignRequest.model_validate(data)
     except ValidationError as exc:
@@ -368,10 +385,8 @@ def request_from_text(text: str, *, name: str | None = None) -> DesignRequest:
     for m in re.finditer(
         r"([a-z_ ,]+?)\s+(?:is|are|contain|contains)\s+(?:pii|personal data|sensitive)", low
     ):
-        for w in re.split(r",|\band\b", m.group(1)):
-            w = w.strip().split(" ")[-1] if w.strip() else ""
-            if w:
-                pii_words.add(w.rstrip("s") if w.endswith("s") and len(w) > 3 else w)
+        for phrase in re.split(r",|\band\b", m.group(1)):
+            pii_words.update(_pii_candidates(phrase))
 
     entity_names: list[str] = []
     for word in re.findall(r"[a-z]+", low):
@@ -433,6 +448,37 @@ def request_from_text(text: str, *, name: str | None = None) -> DesignRequest:
         "assumptions": assumptions,
     }
     return validate_request(data, path="<free text>")
+
+
+_GENERIC_COLUMN_WORDS = {"id", "name", "number", "address", "code", "date", "value"}
+
+
+def _singular(word: str) -> str:
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith("sses") or word.endswith("shes"):
+        return word[:-2]
+    if word.endswith("s") and not word.endswith("ss") and len(word) > 2:
+        return word[:-1]
+    return word
+
+
+def _pii_candidates(phrase: str) -> set[str]:
+    """Column-name stems a phrase such as "user ids" or "email addresses" means: user_id, email_address.
+
+    A generic last word ("ids", "names") on its own would flag every *_id column, so it only counts
+    joined with the word before it.
+    """
+    words = [w for w in re.split(r"[\s]+", phrase.strip()) if w]
+    if not words:
+        return set()
+    last = _singular(words[-1])
+    found = set()
+    if len(words) >= 2:
+        found.add(f"{_singular(words[-2])}_{last}")
+    if len(words) == 1 or last not in _GENERIC_COLUMN_WORDS:
+        found.add(last)
+    return found
 
 
 def _name_from(goal: str, sources: list[str], targets: list[str]) -> str:

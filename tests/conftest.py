@@ -1,0 +1,154 @@
+"""Shared fixtures: an isolated user (memory, data dir, HOME) per test, and the CLI run as a subprocess.
+
+Every CLI test runs ``python -m agent`` in a child process with an environment of its own, so nothing a test
+does reaches the real user's memory store or data directory, and what is tested is what a user runs.
+A design run costs seconds, so the designs the CLI tests inspect are made once per session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+SCHEMAS = REPO.parent / "shared" / "schemas"
+
+# Variables that would point a run at the real user's state or at a network service.
+_SCRUB = (
+    "DATA_AGENT_MEMORY_DIR",
+    "DATA_AGENT_MEMORY_URL",
+    "DATA_AGENT_CONTEXT",
+    "CLAUDE_PLUGIN_DATA",
+    "ANTHROPIC_API_KEY",
+    "XDG_DATA_HOME",
+)
+
+
+def isolated_env(home: Path) -> dict[str, str]:
+    """The current environment with every user-state location moved under ``home``."""
+    env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+    env.update(
+        DATA_AGENT_MEMORY_DIR=str(home / "memory"),
+        XDG_DATA_HOME=str(home / "xdg-data"),
+        XDG_CACHE_HOME=str(home / "xdg-cache"),
+        XDG_CONFIG_HOME=str(home / "xdg-config"),
+        HOME=str(home),
+        # the packages live in the interpreter's site-packages; keep the user site (under the real HOME)
+        # out of the picture so the child sees exactly what the interpreter ships
+        PYTHONNOUSERSITE="1",
+        PYTHONDONTWRITEBYTECODE="1",
+        NO_COLOR="1",
+        COLUMNS="120",
+    )
+    return env
+
+
+@dataclass
+class Cli:
+    """Runs ``python -m agent ARGS`` in ``cwd`` with ``env``."""
+
+    env: dict[str, str]
+    cwd: Path
+
+    def __call__(self, *args: str | Path, timeout: float = 180, **kw: Any) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "agent", *map(str, args)],
+            cwd=kw.pop("cwd", self.cwd),
+            env=kw.pop("env", self.env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            **kw,
+        )
+
+    def json(self, *args: str | Path) -> Any:
+        """Run with ``--json``; assert success and that stdout is exactly one JSON object."""
+        proc = self(*args, "--json")
+        assert proc.returncode == 0, proc.stderr
+        return one_json_object(proc.stdout)
+
+
+def one_json_object(stdout: str) -> dict[str, Any]:
+    """The single JSON object that is the whole of ``stdout`` (raw_decode proves nothing trails it)."""
+    text = stdout.strip()
+    obj, end = json.JSONDecoder().raw_decode(text)
+    assert end == len(text), f"more than one JSON value on stdout: {text[end : end + 200]!r}"
+    assert isinstance(obj, dict), f"stdout is a JSON {type(obj).__name__}, not an object"
+    return obj
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh user for this test: memory, data dir and HOME under tmp_path, also for in-process code."""
+    home = tmp_path / "home"
+    home.mkdir()
+    for key, value in isolated_env(home).items():
+        monkeypatch.setenv(key, value)
+    for key in _SCRUB:
+        if key not in ("DATA_AGENT_MEMORY_DIR", "XDG_DATA_HOME"):
+            monkeypatch.delenv(key, raising=False)
+    return home
+
+
+@pytest.fixture
+def memory_dir(home: Path) -> Path:
+    return home / "memory"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """An empty current directory (so no ./.claude/steering of the checkout is picked up)."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    return cwd
+
+
+@pytest.fixture
+def run_cli(home: Path, workdir: Path) -> Cli:
+    return Cli(env=isolated_env(home), cwd=workdir)
+
+
+@pytest.fixture(scope="session")
+def session_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("session-home")
+
+
+@pytest.fixture(scope="session")
+def session_cli(session_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    """One isolated user shared by the session's design runs (its memory grows across them)."""
+    return Cli(env=isolated_env(session_home), cwd=tmp_path_factory.mktemp("session-cwd"))
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def schemas() -> Path:
+    if not SCHEMAS.is_dir():
+        pytest.skip(f"official schemas not found at {SCHEMAS} (they live beside the checkout, in shared/)")
+    return SCHEMAS
+
+
+@pytest.fixture
+def write(tmp_path: Path) -> Callable[[str, str], Path]:
+    """Write a file under tmp_path/inputs and return its path."""
+
+    def _write(name: str, text: str) -> Path:
+        path = tmp_path / "inputs" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return _write
