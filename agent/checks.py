@@ -36,7 +36,7 @@ def find_rule(policies: PolicySet, *must_contain: str) -> str | None:
     return fallback
 
 
-def _max_days(policies: PolicySet, *phrases: str) -> tuple[int | None, str | None]:
+def policy_days(policies: PolicySet, *phrases: str) -> tuple[int | None, str | None]:
     for rule in policies.rules:
         low = rule.text.lower()
         if all(any(alt in low for alt in p.split("|")) for p in phrases):
@@ -149,7 +149,7 @@ def check_keys(design: Design, policies: PolicySet) -> list[CheckResult]:
 
 
 def check_retention(design: Design, policies: PolicySet) -> list[CheckResult]:
-    limit, rule = _max_days(policies, "raw|landing", "pii|personal")
+    limit, rule = policy_days(policies, "raw|landing", "pii|personal")
     if limit is None:
         return [
             CheckResult(

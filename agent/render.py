@@ -60,6 +60,14 @@ def ident(name: str, dialect: str) -> str:
     return exp.to_identifier(name, quoted=quoted).sql(dialect=dialect)
 
 
+def model_sql(sql: str, dialect: str) -> str:
+    """Model SQL as the planner writes it (ANSI double-quoted identifiers) for the target dialect: BigQuery
+    and Databricks quote identifiers with backticks (a double-quoted word is a string there)."""
+    if dialect not in ("bigquery", "databricks"):
+        return sql
+    return re.sub(r"\"([A-Za-z_][A-Za-z0-9_]*)\"", r"`\1`", sql)
+
+
 def qualified(table: Table, dialect: str) -> str:
     return f"{ident(table.schema_name, dialect)}.{ident(table.name, dialect)}"
 
@@ -109,6 +117,7 @@ def _environment(user_templates: str | None) -> Any:
         ident=ident,
         dialect_type=dialect_type,
         qualified=qualified,
+        model_sql=model_sql,
         sql_literal=sql_literal,
         tojson=lambda v, indent=None: json.dumps(v, indent=indent, sort_keys=False, default=str),
         yaml_str=lambda v: json.dumps(str(v)),

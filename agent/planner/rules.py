@@ -580,6 +580,13 @@ def plan_design(
     lineage: list[LineageEdge] = []
     pii_columns: list[str] = []
     retention_raw = 30 if pii_present else 90
+    if pii_present:  # a policy limit on raw personal data wins over the default
+        from agent.checks import policy_days
+
+        limit, rule_id = policy_days(policies, "raw|landing", "pii|personal")
+        if limit is not None and limit < retention_raw:
+            retention_raw = limit
+            assumptions.append(f"Raw PII retention set to {limit} days by policy {rule_id}.")
     entities = [(s, e) for s in request.sources for e in s.entities]
     if not entities:
         raise ValueError("no entities")  # pragma: no cover - validate_entities guarantees at least one
@@ -1209,6 +1216,16 @@ def _describe(column: str) -> str:
     return column.replace("_", " ").capitalize() + "."
 
 
+def _q(name: str) -> str:
+    """A column as the model SQL writes it: double-quoted (ANSI) when reserved or not plain lowercase.
+    The model template turns the quotes into backticks for BigQuery and Databricks."""
+    from agent.render import RESERVED
+
+    if name.lower() in RESERVED or not re.match(r"^[a-z_][a-z0-9_]*$", name):
+        return '"' + name.replace('"', '""') + '"'
+    return name
+
+
 def _internal(column: TableColumn) -> bool:
     """A pipeline bookkeeping column (_loaded_at, _op ...), not a source column such as MongoDB's _id."""
     return column.name.startswith("_") and not column.source
@@ -1240,28 +1257,30 @@ def _staging_sql(raw: Table, stg: Table, pk: list[str], method: str) -> Transfor
     select = []
     for c in cols:
         if c.masking == "hash":
-            select.append(f"md5(lower(trim(cast({c.name} as varchar)))) as {c.name}")
+            select.append(f"md5(lower(trim(cast({_q(c.name)} as varchar)))) as {_q(c.name)}")
         elif c.masking in ("mask", "tokenize"):
             select.append(
-                f"case when {c.name} is null then null else concat(left(cast({c.name} as varchar), 1), "
-                f"'***') end as {c.name}"
+                f"case when {_q(c.name)} is null then null else concat(left(cast({_q(c.name)} as varchar), 1), "
+                f"'***') end as {_q(c.name)}"
             )
         elif c.masking == "encrypt":
-            select.append(f"md5(cast({c.name} as varchar)) as {c.name}")
+            select.append(f"md5(cast({_q(c.name)} as varchar)) as {_q(c.name)}")
         elif raw.columns and any(rc.name == c.name for rc in raw.columns):
-            select.append(c.name)
+            select.append(_q(c.name))
         else:  # surrogate key drafted for an entity with no primary key
             others = [rc.name for rc in raw.columns if not rc.name.startswith("_") and rc.name != c.name]
             select.append(
-                "md5(concat_ws('|', " + ", ".join(f"cast({o} as varchar)" for o in others) + f")) as {c.name}"
+                "md5(concat_ws('|', "
+                + ", ".join(f"cast({_q(o)} as varchar)" for o in others)
+                + f")) as {_q(c.name)}"
             )
     key_expr = ", ".join(pk)
     order = "_source_offset desc, _ingested_at desc" if method in ("cdc", "stream") else "_ingested_at desc"
     where = "where _op is distinct from 'd'" if method in ("cdc", "stream") else ""
-    raw_sel = ", ".join(rc.name for rc in raw.columns)
+    raw_sel = ", ".join(_q(rc.name) for rc in raw.columns)
     dedup_source = (
         f"(select {raw_sel}, row_number() over (partition by "
-        + (", ".join(p for p in pk if any(rc.name == p for rc in raw.columns)) or "_batch_id")
+        + (", ".join(_q(p) for p in pk if any(rc.name == p for rc in raw.columns)) or "_batch_id")
         + f" order by {order}) as _rn from {{{{ source('raw', '{raw.name}') }}}} {where})"
     )
     sql = (
@@ -1359,13 +1378,13 @@ def _model_core(
                     materialization="incremental",
                     inputs=[stg.qualified],
                     sql=(
-                        f"select distinct md5(cast({bk} as varchar)) as {base}_hk, {bk}, current_timestamp as load_ts, "
+                        f"select distinct md5(cast({_q(bk)} as varchar)) as {base}_hk, {_q(bk)}, current_timestamp as load_ts, "
                         f"'{stg.source_entity}' as record_source\nfrom {{{{ ref('{stg.name}') }}}}"
                     ),
                     description="Insert-only hub: one row per business key.",
                 )
             )
-            attr_list = ", ".join(c.name for c in attrs) or bk
+            attr_list = ", ".join(_q(c.name) for c in attrs) or _q(bk)
             sqls.append(
                 Transformation(
                     name=sat.name,
@@ -1373,8 +1392,8 @@ def _model_core(
                     materialization="incremental",
                     inputs=[stg.qualified],
                     sql=(
-                        f"select md5(cast({bk} as varchar)) as {base}_hk, current_timestamp as load_ts, "
-                        f"md5(concat_ws('|', {', '.join(f'cast({c.name} as varchar)' for c in attrs) or bk})) as hashdiff"
+                        f"select md5(cast({_q(bk)} as varchar)) as {base}_hk, current_timestamp as load_ts, "
+                        f"md5(concat_ws('|', {', '.join(f'cast({_q(c.name)} as varchar)' for c in attrs) or _q(bk)})) as hashdiff"
                         + (f", {attr_list}" if attrs else "")
                         + f"\nfrom {{{{ ref('{stg.name}') }}}}"
                     ),
@@ -1419,11 +1438,11 @@ def _model_core(
                             materialization="incremental",
                             inputs=[stg.qualified],
                             sql=(
-                                f"select distinct md5(concat_ws('|', cast({stg.primary_key[0]} as varchar), "
-                                f"cast({c.name} as varchar))) as {link.columns[0].name}, "
-                                f"md5(cast({stg.primary_key[0]} as varchar)) as {base}_hk, "
-                                f"md5(cast({c.name} as varchar)) as {other}_hk, current_timestamp as load_ts\n"
-                                f"from {{{{ ref('{stg.name}') }}}}\nwhere {c.name} is not null"
+                                f"select distinct md5(concat_ws('|', cast({_q(stg.primary_key[0])} as varchar), "
+                                f"cast({_q(c.name)} as varchar))) as {link.columns[0].name}, "
+                                f"md5(cast({_q(stg.primary_key[0])} as varchar)) as {base}_hk, "
+                                f"md5(cast({_q(c.name)} as varchar)) as {other}_hk, current_timestamp as load_ts\n"
+                                f"from {{{{ ref('{stg.name}') }}}}\nwhere {_q(c.name)} is not null"
                             ),
                             description=f"Relationship {base} -> {other}.",
                         )
@@ -1449,12 +1468,14 @@ def _model_core(
                     )
                 )
                 seen.add(c.name)
-        select = [f"f.{c.name}" for c in cols]
+        select = [f"f.{_q(c.name)}" for c in cols]
         for i, d in enumerate(dims + facts[1:]):
             key = d.primary_key[0]
             if key in seen:
                 alias = f"d{i}"
-                joins.append(f"left join {{{{ ref('{d.name}') }}}} as {alias} on f.{key} = {alias}.{key}")
+                joins.append(
+                    f"left join {{{{ ref('{d.name}') }}}} as {alias} on f.{_q(key)} = {alias}.{_q(key)}"
+                )
                 for c in d.columns:
                     if c.name in seen or _internal(c):
                         continue
@@ -1469,7 +1490,7 @@ def _model_core(
                             source=f"{d.qualified}.{c.name}",
                         )
                     )
-                    select.append(f"{alias}.{c.name}")
+                    select.append(f"{alias}.{_q(c.name)}")
         obt = Table(
             name=f"obt_{main.name.removeprefix('stg_')}",
             layer="core",
@@ -1590,7 +1611,7 @@ def _model_core(
         tables.append(dim)
         for key in d.primary_key:
             dim_names[key] = dim
-        bk = ", ".join(d.primary_key)
+        bk = ", ".join(_q(k) for k in d.primary_key)
         sqls.append(
             Transformation(
                 name=dim.name,
@@ -1598,9 +1619,9 @@ def _model_core(
                 materialization="incremental",
                 inputs=[d.qualified],
                 sql=(
-                    f"select\n    md5(concat_ws('|', {', '.join(f'cast({k} as varchar)' for k in d.primary_key)}, "
+                    f"select\n    md5(concat_ws('|', {', '.join(f'cast({_q(k)} as varchar)' for k in d.primary_key)}, "
                     f"cast(_loaded_at as varchar))) as {singular}_sk,\n    "
-                    + ",\n    ".join(c.name for c in attrs)
+                    + ",\n    ".join(_q(c.name) for c in attrs)
                     + ",\n    _loaded_at as valid_from,\n"
                     f"    lead(_loaded_at) over (partition by {bk} order by _loaded_at) as valid_to,\n"
                     f"    lead(_loaded_at) over (partition by {bk} order by _loaded_at) is null as is_current\n"
@@ -1636,7 +1657,7 @@ def _model_core(
                     source=f"{f.qualified}.{tcol}",
                 )
             )
-            extra_sel.append(f"cast(strftime(cast({tcol} as date), '%Y%m%d') as integer) as date_key")
+            extra_sel.append(f"cast(strftime(cast({_q(tcol)} as date), '%Y%m%d') as integer) as date_key")
         fact = Table(
             name=f"fct_{base}",
             layer="core",
@@ -1658,7 +1679,7 @@ def _model_core(
                 materialization="incremental",
                 inputs=[f.qualified],
                 sql="select\n    "
-                + ",\n    ".join([c.name for c in attrs] + extra_sel)
+                + ",\n    ".join([_q(c.name) for c in attrs] + extra_sel)
                 + f"\nfrom {{{{ ref('{f.name}') }}}}",
                 description="Incremental merge on the grain's key.",
             )
@@ -1715,7 +1736,7 @@ def _mart_daily(fact: Table, owner: str) -> tuple[Table, Transformation]:
                 source=f"{fact.qualified}.{m.name}",
             )
         )
-        select.append(f"cast(sum({m.name}) as decimal(18,2)) as total_{m.name}")
+        select.append(f"cast(sum({_q(m.name)}) as decimal(18,2)) as total_{m.name}")
     mart = Table(
         name=f"{base}_daily",
         layer="mart",
