@@ -4,23 +4,41 @@ Embedded (``PersistentClient``) by default in the user's data directory, or a Ch
 (``HttpClient``) when a URL is given. Embeddings are computed here by the local embedder and passed to
 Chroma explicitly, so Chroma's own default (an ONNX model download) is never used.
 
-Ranking (also in the README):
+Ranking (also in the README): the nearest ``candidates`` (30) by cosine distance are re-scored with
+
     score = 0.50 * similarity + 0.25 * overlap + 0.10 * rating + 0.10 * recency + 0.05 * use
-where similarity = 1 - cosine distance, overlap = Jaccard of {sources, targets, pattern, compliance},
-rating = (stars - 1) / 4 (0.5 when unrated), recency = 0.5 ** (age_days / 180),
-use = min(use_count, 10) / 10.
+
+where similarity = 1 - cosine distance; overlap = Jaccard of the request's and the memory's facets
+{source kinds, targets, pattern, compliance} (0.5 for a memory without facets when the request has
+some, 0 for a free-text query); rating = (stars - 1) / 4 (0.5 when unrated); recency =
+0.5 ** (days since last update / 180); use = min(use_count, 10) / 10. Ties break on id.
+
+Writes deduplicate: a memory whose normalised text is already stored is not stored again (the existing
+id is returned), and a memory of the same kind whose embedding has cosine similarity >= 0.97 with an
+existing one updates that record (text, embedding, metadata, updated_at) instead of adding a new one.
+
+Concurrency (embedded): Chroma's embedded engine keeps an in-memory HNSW index and caches one client
+per path, so two processes holding clients on one folder corrupt it, and a long-lived client does not
+see other processes' writes. So every operation here takes an exclusive ``fcntl`` lock on
+``<dir>/.data-agent.lock``, opens a fresh ``PersistentClient``, does its work and closes the client
+(which stops Chroma's cached system for that path) before releasing the lock. Nothing stays open
+between operations; ``with store.session():`` holds the lock and one client across a batch of
+operations. A Chroma server serialises writers itself, so the server backend keeps its client open.
 """
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import hashlib
 import json
 import os
+import random
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +54,13 @@ COLLECTION = "data_agent_memories"
 FORMAT_VERSION = 1
 WEIGHTS = {"similarity": 0.50, "overlap": 0.25, "rating": 0.10, "recency": 0.10, "use": 0.05}
 LIST_FIELDS = ("sources", "targets", "compliance", "tables")
-LOCK_TIMEOUT_S = 30.0
+NEAR_DUPLICATE = 0.97
+LOCK_TIMEOUT_S = 120.0
+LOCK_FILE = ".data-agent.lock"
+MARKER_FILE = "data-agent.json"
+CHUNK = 2000  # rows per Chroma call (its max batch is larger, this keeps memory flat)
+_SETTINGS: Any = None
+_RESERVED = ("kind", "created_at", "updated_at", "use_count", "rating", "content_hash", "extra_json")
 
 
 def design_metadata(design: Design) -> dict[str, Any]:
@@ -80,6 +104,8 @@ def _as_list(value: Any) -> list[str]:
 
 
 def _to_chroma_meta(memory: Memory) -> dict[str, Any]:
+    """Chroma metadata is flat scalars. The exact metadata travels as JSON (``meta_json``) so export and
+    import round-trip; a few scalar copies are kept at top level for ``where`` filters."""
     meta: dict[str, Any] = {
         "kind": memory.kind,
         "created_at": memory.created_at,
@@ -87,29 +113,30 @@ def _to_chroma_meta(memory: Memory) -> dict[str, Any]:
         "use_count": memory.use_count,
         "rating": memory.rating if memory.rating is not None else -1.0,
         "content_hash": content_hash(memory.text),
+        "meta_json": json.dumps(memory.metadata, sort_keys=True, default=str),
     }
-    extra = {}
     for key, value in memory.metadata.items():
-        if key in LIST_FIELDS:
-            meta[key] = ",".join(_as_list(value))
-        elif isinstance(value, (str, int, float, bool)) and key not in meta:
+        if key in _RESERVED or key == "meta_json":
+            continue
+        if key in LIST_FIELDS and isinstance(value, list):
+            meta[key] = ",".join(str(v) for v in value)
+        elif isinstance(value, (str, int, float, bool)):
             meta[key] = value
-        else:
-            extra[key] = value
-    if extra:
-        meta["extra_json"] = json.dumps(extra, sort_keys=True)
     return meta
 
 
-def _from_chroma(mid: str, doc: str, meta: dict[str, Any]) -> Memory:
+def _from_chroma(mid: str, doc: str | None, meta: dict[str, Any] | None) -> Memory:
     meta = dict(meta or {})
-    metadata: dict[str, Any] = {}
-    for key, value in meta.items():
-        if key in ("kind", "created_at", "updated_at", "use_count", "rating", "content_hash", "extra_json"):
-            continue
-        metadata[key] = _as_list(value) if key in LIST_FIELDS else value
-    if meta.get("extra_json"):
-        metadata.update(json.loads(meta["extra_json"]))
+    if "meta_json" in meta:
+        metadata = json.loads(meta["meta_json"])
+    else:  # records written before meta_json existed
+        metadata = {}
+        for key, value in meta.items():
+            if key in _RESERVED:
+                continue
+            metadata[key] = _as_list(value) if key in LIST_FIELDS else value
+        if meta.get("extra_json"):
+            metadata.update(json.loads(meta["extra_json"]))
     rating = meta.get("rating")
     return Memory(
         id=mid,
@@ -125,6 +152,11 @@ def _from_chroma(mid: str, doc: str, meta: dict[str, Any]) -> Memory:
 
 def content_hash(text: str) -> str:
     return hashlib.sha256(" ".join(text.split()).lower().encode()).hexdigest()[:16]
+
+
+def _chunks(seq: Sequence[Any], size: int = CHUNK) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(seq), size):
+        yield seq[i : i + size]
 
 
 class MemoryStore:
@@ -146,33 +178,125 @@ class MemoryStore:
         self.seed = seed
         self._client: ClientAPI | None = None
         self._collection: Collection | None = None
-
-    # -- opening -----------------------------------------------------------------------------------
+        self._depth = 0
+        self._thread_lock = threading.RLock()
+        self._lock_fh: Any = None
+        self.stats = {"opens": 0, "lock_wait_s": 0.0}
+        self.last_outcomes: list[str] = []  # per memory of the last deduplicated add: added|updated|duplicate
 
     @property
     def location(self) -> str:
         return self.url or str(self.path)
 
-    def _open(self) -> Collection:
-        if self._collection is not None:
-            return self._collection
+    @property
+    def backend(self) -> str:
+        return "server" if self.url else "embedded"
+
+    # -- sessions ----------------------------------------------------------------------------------
+
+    @contextmanager
+    def session(self, *, check_embedder: bool = True) -> Iterator[Collection]:
+        """The collection, valid inside the block. Embedded: an exclusive lock and a fresh client for the
+        whole block, closed at its end. Re-entrant within a process."""
+        with self._thread_lock:
+            if self._depth > 0 and self._collection is not None:
+                self._depth += 1
+                try:
+                    yield self._collection
+                finally:
+                    self._depth -= 1
+                return
+            if self.url:
+                collection = self._collection or self._connect(check_embedder=check_embedder)
+                self._collection = collection
+                self._depth += 1
+                try:
+                    yield collection
+                finally:
+                    self._depth -= 1
+                return
+            self._prepare_dir()
+            with self._file_lock():
+                try:
+                    collection = self._connect(check_embedder=check_embedder)
+                    self._collection = collection
+                    self._depth += 1
+                    try:
+                        yield collection
+                    finally:
+                        self._depth -= 1
+                finally:
+                    self._release_client()
+
+    def _prepare_dir(self) -> None:
+        assert self.path is not None
+        if self.path.exists() and not self.path.is_dir():
+            raise MemoryStoreError("memory directory is a file, not a directory", path=self.path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MemoryStoreError(
+                f"cannot create memory directory: {exc.strerror}", path=self.path
+            ) from None
+        self._check_format_file(write=False)
+
+    @contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        assert self.path is not None
+        lock_path = self.path / LOCK_FILE
+        started = time.monotonic()
+        with open(lock_path, "a+") as fh:
+            deadline = started + LOCK_TIMEOUT_S
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise MemoryStoreError(
+                            f"the memory store is busy (another process held its lock for "
+                            f"{LOCK_TIMEOUT_S:.0f}s)",
+                            path=self.path,
+                            hint="retry, or use a Chroma server (--memory-url) for many writers",
+                        ) from None
+                    time.sleep(0.002 + random.random() * 0.008)
+            self.stats["lock_wait_s"] += time.monotonic() - started
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _release_client(self) -> None:
+        client, self._client, self._collection = self._client, None, None
+        if client is None:
+            return
+        try:
+            client.close()
+        finally:
+            # make sure Chroma's per-path system cache is gone, so the next open re-reads the disk
+            from chromadb.api.shared_system_client import SharedSystemClient
+
+            ident = getattr(client, "_identifier", None)
+            system = SharedSystemClient._identifier_to_system.pop(ident, None) if ident else None
+            SharedSystemClient._identifier_to_refcount.pop(ident, None)
+            if system is not None:
+                try:
+                    system.stop()
+                except Exception:  # already stopped
+                    pass
+
+    def _connect(self, *, check_embedder: bool = True) -> Collection:
         import chromadb
         from chromadb.config import Settings
 
-        settings = Settings(anonymized_telemetry=False, allow_reset=False)
+        global _SETTINGS
+        if _SETTINGS is None:  # building Settings reads the environment: ~7 ms, so once per process
+            _SETTINGS = Settings(anonymized_telemetry=False, allow_reset=False)
+        settings = copy.deepcopy(_SETTINGS)  # chromadb mutates the object it is given
+        self.stats["opens"] += 1
         if self.url:
             self._client = _http_client(self.url, settings)
         else:
-            assert self.path is not None
-            if self.path.exists() and not self.path.is_dir():
-                raise MemoryStoreError("memory directory is a file, not a directory", path=self.path)
-            try:
-                self.path.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise MemoryStoreError(
-                    f"cannot create memory directory: {exc.strerror}", path=self.path
-                ) from None
-            self._check_format_file()
             try:
                 self._client = chromadb.PersistentClient(path=str(self.path), settings=settings)
             except Exception as exc:  # chromadb raises many types for a damaged folder
@@ -181,44 +305,63 @@ class MemoryStore:
                     path=self.path,
                     hint="restore it with 'data-agent memory import' from an export",
                 ) from None
-        meta = {
-            "embedder": self.embedder.name,
-            "dimension": self.embedder.dimension,
-            "format_version": FORMAT_VERSION,
-            "hnsw:space": "cosine",
-        }
+        created = False
         try:
-            collection = self._client.get_or_create_collection(
-                COLLECTION, metadata=meta, embedding_function=None
-            )
+            try:
+                collection = self._client.get_collection(COLLECTION, embedding_function=None)
+            except Exception as exc:
+                if "does not exist" not in str(exc) and "NotFound" not in type(exc).__name__:
+                    raise
+                try:
+                    collection = self._client.create_collection(
+                        COLLECTION, metadata=self._collection_meta(), embedding_function=None
+                    )
+                    created = True
+                except Exception:  # another process (server) created it first
+                    collection = self._client.get_collection(COLLECTION, embedding_function=None)
+        except MemoryStoreError:
+            raise
         except Exception as exc:
+            self._release_client()
             raise MemoryStoreError(f"cannot open the memory collection: {exc}", path=self.location) from None
         stored = collection.metadata or {}
-        if (
-            stored.get("embedder") != self.embedder.name
-            or int(stored.get("dimension", 0)) != self.embedder.dimension
-        ):
-            raise MemoryStoreError(
-                f"the store was written by embedder {stored.get('embedder')!r} ({stored.get('dimension')} dims) "
-                f"but this run uses {self.embedder.name!r} ({self.embedder.dimension} dims)",
-                path=self.location,
-                hint="run 'data-agent memory reindex' to re-embed every memory",
-            )
         if int(stored.get("format_version", 1)) > FORMAT_VERSION:
+            self._release_client()
             raise MemoryStoreError(
                 f"the store has format version {stored.get('format_version')}, newer than this "
                 f"data-agent understands ({FORMAT_VERSION})",
                 path=self.location,
                 hint="upgrade data-engineer-agent",
             )
-        self._collection = collection
-        if self.seed and collection.count() == 0:
-            self._seed_starters()
+        if check_embedder and (
+            stored.get("embedder") != self.embedder.name
+            or int(stored.get("dimension", 0)) != self.embedder.dimension
+        ):
+            self._release_client()
+            raise MemoryStoreError(
+                f"the store was written by embedder {stored.get('embedder')!r} ({stored.get('dimension')} "
+                f"dims) but this run uses {self.embedder.name!r} ({self.embedder.dimension} dims)",
+                path=self.location,
+                hint="run 'data-agent memory reindex' to re-embed every memory",
+            )
+        if self.path is not None:
+            self._check_format_file(write=True)
+        if created and self.seed:
+            self._collection = collection
+            self._seed_starters(collection)
         return collection
 
-    def _check_format_file(self) -> None:
+    def _collection_meta(self) -> dict[str, Any]:
+        return {
+            "embedder": self.embedder.name,
+            "dimension": self.embedder.dimension,
+            "format_version": FORMAT_VERSION,
+            "hnsw:space": "cosine",
+        }
+
+    def _check_format_file(self, *, write: bool) -> None:
         assert self.path is not None
-        marker = self.path / "data-agent.json"
+        marker = self.path / MARKER_FILE
         if marker.exists():
             try:
                 version = int(json.loads(marker.read_text())["format_version"])
@@ -231,68 +374,113 @@ class MemoryStore:
                     path=marker,
                     hint="upgrade data-engineer-agent",
                 )
-        else:
-            marker.write_text(
+        elif write:  # only under the lock
+            tmp = marker.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(
                 json.dumps({"format_version": FORMAT_VERSION, "embedder": self.embedder.name}) + "\n"
             )
+            os.replace(tmp, marker)
 
-    @contextmanager
-    def _write_lock(self) -> Iterator[None]:
-        """Serialise writers to an embedded store across processes. A server serialises on its own."""
-        if self.url or self.path is None:
-            yield
-            return
-        lock_path = self.path / "write.lock"
-        with open(lock_path, "a+") as fh:
-            deadline = time.monotonic() + LOCK_TIMEOUT_S
-            while True:
-                try:
-                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise MemoryStoreError(
-                            f"the memory store is busy (another process held its lock for "
-                            f"{LOCK_TIMEOUT_S:.0f}s)",
-                            path=self.path,
-                            hint="retry, or use a Chroma server for many writers",
-                        ) from None
-                    time.sleep(0.05)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-
-    def _seed_starters(self) -> None:
+    def _seed_starters(self, collection: Collection) -> None:
         from agent.starters import starter_memories
 
-        self.add_many(starter_memories(), dedupe=False)
+        self._upsert(collection, starter_memories())
 
     # -- writing -----------------------------------------------------------------------------------
+
+    def _upsert(self, collection: Collection, memories: Sequence[Memory], embeddings: Any = None) -> None:
+        if not memories:
+            return
+        if embeddings is None:
+            embeddings = self.embedder.embed([m.text for m in memories])
+        for start in range(0, len(memories), CHUNK):
+            part = memories[start : start + CHUNK]
+            collection.upsert(
+                ids=[m.id for m in part],
+                documents=[m.text for m in part],
+                embeddings=embeddings[start : start + CHUNK],
+                metadatas=[_to_chroma_meta(m) for m in part],
+            )
 
     def add(self, memory: Memory, *, dedupe: bool = True) -> str:
         return self.add_many([memory], dedupe=dedupe)[0]
 
     def add_many(self, memories: Sequence[Memory], *, dedupe: bool = True) -> list[str]:
-        collection = self._open()
+        """Store memories; returns the id each one ended up under (an existing id when deduplicated)."""
+        if not memories:
+            return []
+        embeddings = self.embedder.embed([m.text for m in memories])
+        with self.session() as collection:
+            if not dedupe:
+                self._upsert(collection, memories, embeddings)
+                return [m.id for m in memories]
+            return self._add_deduped(collection, memories, embeddings)
+
+    def _add_deduped(self, collection: Collection, memories: Sequence[Memory], embeddings: Any) -> list[str]:
+        hashes = [content_hash(m.text) for m in memories]
+        exact: dict[str, str] = {}
+        if len(memories) > 1:  # a batch: one filtered get finds the exact repeats
+            for part in _chunks(sorted(set(hashes)), 500):
+                got = collection.get(where={"content_hash": {"$in": list(part)}}, include=["metadatas"])
+                for mid, meta in zip(got["ids"], got["metadatas"]):
+                    exact.setdefault((meta or {}).get("content_hash", ""), mid)
+        total = collection.count()
+        near: list[Any] = [None] * len(memories)
+        if total:
+            # nearest neighbours of every new text in one call: an exact repeat has distance 0, so it is
+            # among them; a near-duplicate must also be of the same kind
+            found = collection.query(
+                query_embeddings=list(embeddings),
+                n_results=min(5, total),
+                include=["metadatas", "documents", "distances"],
+            )
+            for n, memory in enumerate(memories):
+                for mid, doc, meta, dist in zip(
+                    found["ids"][n], found["documents"][n], found["metadatas"][n], found["distances"][n]
+                ):
+                    meta = meta or {}
+                    if meta.get("content_hash") == hashes[n]:
+                        exact.setdefault(hashes[n], mid)
+                        break
+                    if (
+                        near[n] is None
+                        and meta.get("kind") == memory.kind
+                        and 1.0 - float(dist) >= NEAR_DUPLICATE
+                    ):
+                        near[n] = _from_chroma(mid, doc, meta)
         ids: list[str] = []
-        with self._write_lock():
-            batch: list[Memory] = []
-            for memory in memories:
-                if dedupe:
-                    existing = collection.get(where={"content_hash": content_hash(memory.text)}, limit=1)
-                    if existing["ids"]:
-                        ids.append(existing["ids"][0])
-                        continue
-                batch.append(memory)
+        new: list[Memory] = []
+        new_emb: list[Any] = []
+        updates: dict[str, tuple[Memory, Any]] = {}
+        self.last_outcomes = outcomes = []
+        for memory, emb, h, target in zip(memories, embeddings, hashes, near):
+            if h in exact:  # an exact repeat: keep the stored one
+                ids.append(exact[h])
+                outcomes.append("duplicate")
+                continue
+            outcomes.append("added" if target is None and memory.id not in updates else "updated")
+            if target is None and memory.id not in updates:
+                new.append(memory)
+                new_emb.append(emb)
                 ids.append(memory.id)
-            if batch:
-                collection.upsert(
-                    ids=[m.id for m in batch],
-                    documents=[m.text for m in batch],
-                    embeddings=self.embedder.embed([m.text for m in batch]),
-                    metadatas=[_to_chroma_meta(m) for m in batch],
-                )
+                exact[h] = memory.id
+                continue
+            base = target or memory
+            merged = base.model_copy(
+                update={
+                    "text": memory.text,
+                    "metadata": {**base.metadata, **memory.metadata},
+                    "updated_at": now_iso(),
+                }
+            )
+            updates[merged.id] = (merged, emb)
+            ids.append(merged.id)
+            exact[h] = merged.id
+        if new:
+            self._upsert(collection, new, new_emb)
+        if updates:
+            mems = [m for m, _ in updates.values()]
+            self._upsert(collection, mems, [e for _, e in updates.values()])
         return ids
 
     def remember_design(self, design: Design, *, bundle: str | None = None) -> str:
@@ -303,41 +491,161 @@ class MemoryStore:
         memory = Memory(id=f"design-{design.id}", kind="design", text=text, metadata=meta)
         return self.add(memory)
 
+    def add_result(
+        self, design_id: str, text: str, *, source: str | None = None, agent: str | None = None
+    ) -> str:
+        """Record what a delegated agent returned for a design, as a recallable ``result`` memory."""
+        with self.session():
+            design = self._resolve_design(design_id)
+            meta: dict[str, Any] = {
+                "design_id": design.metadata.get("design_id", design.id),
+                "design_memory_id": design.id,
+                "name": design.metadata.get("name", design.id),
+            }
+            for key in ("sources", "targets", "pattern", "compliance", "domain"):
+                if key in design.metadata:
+                    meta[key] = design.metadata[key]
+            if source:
+                meta["source_file"] = source
+            if agent:
+                meta["agent"] = agent
+            rid = f"result-{design.id}-{content_hash(text)[:8]}"
+            return self.add(Memory(id=rid, kind="result", text=text, metadata=meta))
+
+    def _resolve_design(self, design_id: str) -> Memory:
+        for candidate in (design_id, f"design-{design_id}"):
+            found = self.get_many([candidate])
+            if found:
+                return found[0]
+        raise MemoryStoreError(
+            f"no design with id {design_id!r} in memory",
+            path=self.location,
+            hint="list designs with 'data-agent memory search QUERY --kind design'",
+        )
+
+    def _update(self, memories: Sequence[Memory], *, reembed: bool = False) -> None:
+        with self.session() as collection:
+            for part in _chunks(list(memories)):
+                kwargs: dict[str, Any] = {
+                    "ids": [m.id for m in part],
+                    "metadatas": [_to_chroma_meta(m) for m in part],
+                }
+                if reembed:
+                    kwargs["documents"] = [m.text for m in part]
+                    kwargs["embeddings"] = self.embedder.embed([m.text for m in part])
+                collection.update(**kwargs)
+
     def mark_used(self, ids: Sequence[str]) -> None:
         if not ids:
             return
-        collection = self._open()
-        with self._write_lock():
-            got = collection.get(ids=list(ids), include=["metadatas"])
-            metas = []
-            for meta in got["metadatas"]:
-                meta = dict(meta or {})
-                meta["use_count"] = int(meta.get("use_count", 0)) + 1
-                metas.append(meta)
-            if got["ids"]:
-                collection.update(ids=got["ids"], metadatas=metas)
+        with self.session():
+            memories = self.get_many(list(ids))
+            for m in memories:
+                m.use_count += 1
+            self._update(memories)
+
+    def rate(self, memory_id: str, stars: int, note: str | None = None) -> Memory:
+        if not 1 <= int(stars) <= 5:
+            raise MemoryStoreError(f"a rating is 1 to 5 stars, not {stars}", field="rating")
+        with self.session():
+            memory = self.get(memory_id)
+            memory.rating = float(stars)
+            if note:
+                notes = list(memory.metadata.get("notes") or [])
+                notes.append({"at": now_iso(), "stars": int(stars), "note": note})
+                memory.metadata["notes"] = notes
+            self._update([memory])
+            return memory
+
+    def forget(
+        self,
+        *,
+        ids: Sequence[str] | None = None,
+        older_than_days: float | None = None,
+        kind: str | None = None,
+        where: dict[str, str] | None = None,
+        dry_run: bool = False,
+    ) -> list[str]:
+        """Delete by id, or every memory matching all of age, kind and metadata filters. Returns the ids."""
+        if not ids and older_than_days is None and not kind and not where:
+            raise MemoryStoreError("forget needs --id, --older-than, --kind or --where", field="forget")
+        with self.session() as collection:
+            if ids:
+                found = {m.id for m in self.get_many(list(ids))}
+                missing = [i for i in ids if i not in found]
+                if missing:
+                    raise MemoryStoreError(f"no memory with id {missing[0]!r}", path=self.location)
+                chosen = list(dict.fromkeys(ids))
+            else:
+                cutoff = (
+                    datetime.now(timezone.utc) - timedelta(days=older_than_days)
+                    if older_than_days is not None
+                    else None
+                )
+                chosen = [m.id for m in self.all() if _matches(m, cutoff, kind, where or {})]
+            if chosen and not dry_run:
+                for part in _chunks(chosen):
+                    collection.delete(ids=list(part))
+            return chosen
+
+    def import_memories(self, memories: Sequence[Memory]) -> int:
+        """Restore memories exactly as exported (ids, timestamps, ratings); an existing id is replaced."""
+        with self.session() as collection:
+            self._upsert(collection, memories)
+        return len(memories)
+
+    def reindex(self) -> int:
+        """Re-embed every memory with the current embedder (and record it in the collection metadata)."""
+        with self.session(check_embedder=False) as collection:
+            got = collection.get(include=["documents", "metadatas"])
+            memories = [
+                _from_chroma(i, d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])
+            ]
+            assert self._client is not None
+            self._client.delete_collection(COLLECTION)
+            fresh = self._client.create_collection(
+                COLLECTION, metadata=self._collection_meta(), embedding_function=None
+            )
+            self._collection = fresh
+            self._upsert(fresh, memories)
+            if self.path is not None:
+                marker = self.path / MARKER_FILE
+                marker.write_text(
+                    json.dumps({"format_version": FORMAT_VERSION, "embedder": self.embedder.name}) + "\n"
+                )
+            return len(memories)
 
     # -- reading -----------------------------------------------------------------------------------
 
     def count(self) -> int:
-        return self._open().count()
+        with self.session() as collection:
+            return collection.count()
 
     def get(self, memory_id: str) -> Memory:
-        got = self._open().get(ids=[memory_id], include=["documents", "metadatas"])
-        if not got["ids"]:
+        found = self.get_many([memory_id])
+        if not found:
             raise MemoryStoreError(
                 f"no memory with id {memory_id!r}",
                 path=self.location,
                 hint="list ids with 'data-agent memory search'",
             )
-        return _from_chroma(got["ids"][0], got["documents"][0], got["metadatas"][0])
+        return found[0]
+
+    def get_many(self, ids: Sequence[str]) -> list[Memory]:
+        with self.session() as collection:
+            got = collection.get(ids=list(dict.fromkeys(ids)), include=["documents", "metadatas"])
+        return [_from_chroma(i, d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])]
 
     def all(self) -> list[Memory]:
-        got = self._open().get(include=["documents", "metadatas"])
-        return sorted(
-            (_from_chroma(i, d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])),
-            key=lambda m: (m.created_at, m.id),
-        )
+        out: list[Memory] = []
+        with self.session() as collection:
+            total = collection.count()
+            for offset in range(0, total, CHUNK):
+                got = collection.get(include=["documents", "metadatas"], limit=CHUNK, offset=offset)
+                out += [
+                    _from_chroma(i, d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])
+                ]
+        return sorted(out, key=lambda m: (m.created_at, m.id))
 
     def recall(
         self,
@@ -347,16 +655,37 @@ class MemoryStore:
         kinds: Sequence[str] | None = None,
         candidates: int = 30,
     ) -> list[RecalledMemory]:
-        collection = self._open()
+        query_text = request if isinstance(request, str) else request.summary()
+        facets = set() if isinstance(request, str) else request_facets(request)
+        embedding = self.embedder.embed([query_text])
+        with self.session() as collection:
+            return self._rank(collection, embedding, facets, k=k, kinds=kinds, candidates=candidates)
+
+    def recall_by_facets(
+        self, text: str, facets: Iterable[str], *, k: int = 5, kinds: Sequence[str] | None = None
+    ) -> list[RecalledMemory]:
+        """Recall with explicit facets (``source:postgres``, ``target:snowflake``, ...): used by tools and
+        the benchmark, which have the structure of a request without a DesignRequest."""
+        with self.session() as collection:
+            return self._rank(collection, self.embedder.embed([text]), set(facets), k=k, kinds=kinds)
+
+    def _rank(
+        self,
+        collection: Collection,
+        embedding: Any,
+        facets: set[str],
+        *,
+        k: int,
+        kinds: Sequence[str] | None,
+        candidates: int = 30,
+    ) -> list[RecalledMemory]:
         total = collection.count()
         if total == 0:
             return []
-        query_text = request if isinstance(request, str) else request.summary()
-        facets = set() if isinstance(request, str) else request_facets(request)
         where = {"kind": {"$in": list(kinds)}} if kinds else None
         result = collection.query(
-            query_embeddings=self.embedder.embed([query_text]),
-            n_results=min(candidates, total),
+            query_embeddings=embedding,
+            n_results=min(max(candidates, k), total),
             where=where,
             include=["documents", "metadatas", "distances"],
         )
@@ -371,8 +700,28 @@ class MemoryStore:
         return recalled[:k]
 
     def close(self) -> None:
-        self._collection = None
-        self._client = None
+        with self._thread_lock:
+            if self._depth == 0:
+                self._release_client()
+
+
+def _matches(memory: Memory, cutoff: datetime | None, kind: str | None, where: dict[str, str]) -> bool:
+    if kind and memory.kind != kind:
+        return False
+    if cutoff is not None:
+        try:
+            if datetime.fromisoformat(memory.updated_at) >= cutoff:
+                return False
+        except ValueError:
+            pass
+    for key, wanted in where.items():
+        value = memory.metadata.get(key)
+        if isinstance(value, list):
+            if wanted not in [str(v) for v in value]:
+                return False
+        elif str(value) != wanted and not (isinstance(value, bool) and str(value).lower() == wanted.lower()):
+            return False
+    return True
 
 
 def score_memory(memory: Memory, similarity: float, facets: set[str], now: datetime) -> RecalledMemory:
