@@ -7,6 +7,7 @@ launches them: every task of one parallel group whose dependencies are done goes
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -14,8 +15,15 @@ from agent.errors import DelegationError
 from agent.models import SUBAGENTS, DelegationTask, Design
 
 MAX_PROMPT_CHARS = 12_000  # ~3k tokens: a self-contained brief, well under a subagent's first-turn budget
+MAX_INBOUND_PROMPT_CHARS = 40_000  # a task sent *to* the data engineer may embed a whole YAML request
 PLUGIN_PREFIX = "data-agent:"
-DEFAULT_TARGETS: dict[str, str] = {role: f"{PLUGIN_PREFIX}{role}" for role in SUBAGENTS}
+SHIPPED_AGENTS = ("security-engineer", "devops-engineer", "qa-engineer")  # defined in prompts/agents/
+# Roles the plugin ships go to its own agents; developer and genai-engineer go to Claude Code's built-in
+# general-purpose agent (the brief is self-contained) unless the user maps them to their own agents.
+DEFAULT_TARGETS: dict[str, str] = {
+    role: f"{PLUGIN_PREFIX}{role}" if role in SHIPPED_AGENTS else "general-purpose" for role in SUBAGENTS
+}
+DATA_ENGINEER_NAMES = frozenset({f"{PLUGIN_PREFIX}data-engineer", "data-engineer"})
 
 # role -> (description template, parallel group, depends on roles, expected output)
 ROLES: dict[str, tuple[str, int, tuple[str, ...], str]] = {
@@ -47,20 +55,61 @@ ROLES: dict[str, tuple[str, int, tuple[str, ...], str]] = {
 }
 
 
+ML_WORDS = frozenset({"ml", "machine_learning", "feature_store", "features", "genai", "llm", "ai"})
+API_WORDS = frozenset(
+    {"api", "data_api", "apis", "application", "applications", "reverse_etl", "microservice"}
+)
+
+
+def _consumer_words(design: Design) -> set[str]:
+    words: set[str] = set()
+    for consumer in design.request.consumers:
+        text = consumer.lower().replace("-", "_")
+        words.add(re.sub(r"\s+", "_", text.strip()))
+        words |= set(re.split(r"[^a-z]+", text))
+        words |= {"_".join(p) for p in zip(text.split(), text.split()[1:])}
+    return words
+
+
 def roles_for(design: Design) -> list[str]:
+    """security, QA and devops always; genai-engineer for ML consumers; developer for data APIs."""
     roles = ["security-engineer", "qa-engineer", "devops-engineer"]
-    consumers = {c.lower() for c in design.request.consumers}
-    if consumers & {"ml", "feature_store", "machine_learning"}:
+    words = _consumer_words(design)
+    if words & ML_WORDS:
         roles.append("genai-engineer")
-    if consumers & {"api", "data_api", "application", "reverse_etl"}:
+    if words & API_WORDS:
         roles.append("developer")
     return roles
 
 
+def resolve_targets(agent_map: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Role -> agent name, the defaults overridden by ``agent_map`` (e.g. ``{"qa-engineer": "qa-expert"}``)."""
+    names = dict(DEFAULT_TARGETS)
+    for role, name in (agent_map or {}).items():
+        if role not in SUBAGENTS:
+            raise DelegationError(
+                f"agent_map role {role!r} is not one of {', '.join(SUBAGENTS)}", field="agent_map"
+            )
+        if not isinstance(name, str) or not name.strip():
+            raise DelegationError(f"agent_map[{role!r}] must be a non-empty agent name", field="agent_map")
+        names[role] = name.strip()
+    return names
+
+
+def known_agents(agent_map: Mapping[str, str] | None = None) -> set[str]:
+    """Every agent name a task may target: the resolved targets (and the plugin's own, always)."""
+    return set(resolve_targets(agent_map).values()) | set(DEFAULT_TARGETS.values())
+
+
 def plan_delegations(design: Design, *, targets: Mapping[str, str] | None = None) -> list[DelegationTask]:
+    """The tasks for ``design``, one per role, with prompts rendered from prompts/delegation/.
+
+    ``targets`` maps roles to agent names (see :func:`resolve_targets`). Raises DelegationError when
+    the result would not be launchable.
+    """
     from agent.prompts import render_prompt
 
-    names = {**DEFAULT_TARGETS, **(targets or {})}
+    names = resolve_targets(targets)
     short = design.name.replace("-", "_")[:40]
     tasks = []
     roles = roles_for(design)
@@ -92,10 +141,14 @@ def parse_task(data: Any) -> DelegationTask:
     from pydantic import ValidationError
 
     if isinstance(data, DelegationTask):
+        if not data.prompt.strip():
+            raise DelegationError("the task has no prompt", field="prompt")
         return data
+    if isinstance(data, Mapping):
+        data = dict(data)
     if not isinstance(data, dict):
         raise DelegationError(f"a task must be a mapping, got {type(data).__name__}")
-    if not str(data.get("prompt") or "").strip():
+    if not isinstance(data.get("prompt"), str) or not data["prompt"].strip():
         raise DelegationError("the task has no prompt", field="prompt")
     try:
         return DelegationTask.model_validate(data)
@@ -154,13 +207,36 @@ def _check_acyclic(tasks: list[DelegationTask]) -> None:
         visit(t.id, [])
 
 
+def check_inbound(task: DelegationTask, *, names: Iterable[str] = DATA_ENGINEER_NAMES) -> DelegationTask:
+    """A task sent *to* the data engineer: it must name the data engineer and fit the inbound limit."""
+    allowed = set(names)
+    if task.subagent_type not in allowed:
+        raise DelegationError(
+            f"unknown subagent_type {task.subagent_type!r}; this agent answers to {', '.join(sorted(allowed))}",
+            field="subagent_type",
+        )
+    if len(task.prompt) > MAX_INBOUND_PROMPT_CHARS:
+        raise DelegationError(
+            f"prompt is {len(task.prompt):,} characters; the limit is {MAX_INBOUND_PROMPT_CHARS:,}",
+            field="prompt",
+            hint="put the request in a file and pass its path, or trim the prompt",
+        )
+    return task
+
+
 def launch_waves(tasks: list[DelegationTask]) -> list[list[DelegationTask]]:
-    """Messages to send, in order: each wave's tasks have all their dependencies in earlier waves."""
+    """Messages to send, in order: each wave's tasks have all their dependencies in earlier waves.
+
+    Every task of a wave goes out in one message (parallel Agent tool calls). Raises DelegationError
+    if the tasks are not launchable (call :func:`validate_tasks` first for a precise message).
+    """
     done: set[str] = set()
     remaining = list(tasks)
     waves = []
     while remaining:
         ready = [t for t in remaining if set(t.depends_on) <= done]
+        if not ready:
+            raise DelegationError("depends_on forms a cycle or names a missing task", field="depends_on")
         group = min(t.parallel_group for t in ready)
         wave = [t for t in ready if t.parallel_group == group]
         waves.append(wave)

@@ -233,24 +233,56 @@ class DataEngineerAgent:
     def handle(
         self, task: DelegationTask | Mapping[str, Any], *, out: str | Path | None = None
     ) -> DesignResult:
-        """A delegation from another agent (an Agent-tool-shaped dict or a DelegationTask)."""
-        from agent.delegation import parse_task
+        """Answer a delegation from another agent (an architect, developer, genai-engineer, analyst).
 
-        parsed = parse_task(dict(task) if isinstance(task, Mapping) else task)
+        ``task`` is an Agent-tool-shaped dict (``subagent_type``, ``description``, ``prompt``) or a
+        :class:`DelegationTask`. A fenced ```yaml (or ```json) block in the prompt holding a design
+        request (with ``sources``) is used as the request; otherwise the prompt is read as free text.
+        The returned :class:`DesignResult` carries the design and this design's own delegations.
+
+        Raises :class:`agent.errors.DelegationError` for a task with no prompt, an unknown
+        ``subagent_type`` (not the data engineer), or a prompt over ``MAX_INBOUND_PROMPT_CHARS``;
+        :class:`agent.errors.RequestError` when the embedded request is invalid.
+        """
+        from agent.delegation import DATA_ENGINEER_NAMES, check_inbound, parse_task
+
+        parsed = parse_task(task)
+        names = set(DATA_ENGINEER_NAMES)
+        if own := self.config.agent_map.get("data-engineer"):
+            names.add(own)
+        check_inbound(parsed, names=names)
         return self.design(request_from_task(parsed), out=out)
 
-    def delegations(self, design: Design) -> list[DelegationTask]:
+    def delegations(self, design: Design | DesignResult) -> list[DelegationTask]:
+        """The launchable tasks for ``design``, targets named per ``agent_map``.
+
+        Launch them with :func:`agent.delegation.launch_waves`: each wave goes out in one message.
+        """
         from agent.delegation import plan_delegations
 
-        return plan_delegations(design, targets=self.config.agent_map)
+        if isinstance(design, DesignResult):
+            design = design.design
+        targets = {k: v for k, v in self.config.agent_map.items() if k != "data-engineer"}
+        return plan_delegations(design, targets=targets)
 
-    async def adesign(self, request: Any, *, out: str | Path | None = None) -> DesignResult:
-        return await asyncio.to_thread(self.design, request, out=out)
+    async def adesign(
+        self,
+        request: DesignRequest | str | Path | Mapping[str, Any],
+        *,
+        out: str | Path | None = None,
+        on_stage: Callable[[str, float], None] | None = None,
+    ) -> DesignResult:
+        """:meth:`design` in a worker thread, for asyncio callers."""
+        return await asyncio.to_thread(self.design, request, out=out, on_stage=on_stage)
 
-    async def ahandle(self, task: Any, *, out: str | Path | None = None) -> DesignResult:
+    async def ahandle(
+        self, task: DelegationTask | Mapping[str, Any], *, out: str | Path | None = None
+    ) -> DesignResult:
+        """:meth:`handle` in a worker thread, for asyncio callers."""
         return await asyncio.to_thread(self.handle, task, out=out)
 
-    async def adelegations(self, design: Design) -> list[DelegationTask]:
+    async def adelegations(self, design: Design | DesignResult) -> list[DelegationTask]:
+        """:meth:`delegations` in a worker thread, for asyncio callers."""
         return await asyncio.to_thread(self.delegations, design)
 
     def _planner(self) -> str:
@@ -276,20 +308,27 @@ def to_request(request: DesignRequest | str | Path | Mapping[str, Any]) -> Desig
 
 
 def request_from_task(task: DelegationTask) -> DesignRequest:
-    """A structured request embedded in the prompt (a ```yaml block) wins; else the prompt is free text."""
+    """A structured request embedded in the prompt (a ```yaml block) wins; else the prompt is free text.
+
+    The embedded request may sit at the top level or under a ``request:`` key. Prose around the block is
+    kept as the goal when the block has none.
+    """
     import re
 
     import yaml
 
     from agent.request import request_from_text, validate_request
 
-    for block in re.findall(r"```(?:ya?ml|json)\s*\n(.*?)```", task.prompt, flags=re.S):
+    for block in re.findall(r"```(?:ya?ml|json)[ \t]*\r?\n(.*?)```", task.prompt, flags=re.S):
         try:
             data = yaml.safe_load(block)
         except yaml.YAMLError:
             continue
+        if isinstance(data, dict) and isinstance(data.get("request"), dict):
+            data = data["request"]
         if isinstance(data, dict) and "sources" in data:
-            data.setdefault("goal", task.description)
+            prose = re.sub(r"```.*?```", " ", task.prompt, flags=re.S).strip()
+            data.setdefault("goal", prose[:20_000] or task.description)
             return validate_request(data, path=f"<task {task.id or task.description}>", text=block)
     return request_from_text(task.prompt)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from agent.commands import calibrate, context, delegate, design, memory, policies
+from agent.commands import calibrate, context, delegate, design, mcp, memory, policies
 
-COMMANDS = (design, context, policies, memory, delegate, calibrate)
+COMMANDS = (design, context, policies, memory, delegate, mcp, calibrate)
 
 
 def common(parser: argparse.ArgumentParser, *, memory: bool = True, context: bool = True) -> None:
