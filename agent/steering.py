@@ -416,10 +416,12 @@ def _build_sections(
                 tags.extend(t.strip().lower() for t in m.group(1).split(",") if t.strip())
             else:
                 kept_lines.append((lineno, text))
-        slug = slugify(title).replace("_", "-") or "general"
-        used_slugs[slug] = used_slugs.get(slug, 0) + 1
-        if used_slugs[slug] > 1:
-            slug = f"{slug}-{used_slugs[slug]}"
+        base = slugify(title).replace("_", "-") or "general"
+        slug, n = base, 1
+        while slug in used_slugs:  # a repeated title gets -2, -3...; never collides with "Title 2"
+            n += 1
+            slug = f"{base}-{n}"
+        used_slugs[slug] = 1
         rules = []
         for lineno, clause in _split_clauses(kept_lines):
             modality = modality_of(clause)
