@@ -103,6 +103,10 @@ def test_mcp_server_entry() -> None:
     servers = json.loads((REPO / manifest()["mcpServers"]).read_text())["mcpServers"]
     entry = servers["data-agent"]
     assert entry["command"] == "${CLAUDE_PLUGIN_ROOT}/bin/data-agent" and entry["args"] == ["mcp"]
+    # Claude Code sets CLAUDE_PLUGIN_ROOT/DATA itself and does not expand them inside `env`: an entry there
+    # would replace the real paths with the literal "${...}" text.
+    env = entry.get("env", {})
+    assert "CLAUDE_PLUGIN_ROOT" not in env and "CLAUDE_PLUGIN_DATA" not in env
     assert os.access(REPO / "bin" / "data-agent", os.X_OK)
 
 
