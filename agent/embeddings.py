@@ -10,6 +10,7 @@ records which embedder wrote it and refuses to mix them.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -37,12 +38,17 @@ class HashingEmbedder:
             padded = f"<{w}>"
             features += [(f"#{padded[i : i + 3]}", 0.25) for i in range(len(padded) - 2)]
         for feature, weight in features:
-            digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
-            bucket = int.from_bytes(digest[:4], "little") % self.dimension
-            sign = 1.0 if digest[4] & 1 else -1.0
+            bucket, sign = _slot(feature, self.dimension)
             vec[bucket] += sign * weight
         norm = float(np.linalg.norm(vec))
         return vec / norm if norm else vec
+
+
+@lru_cache(maxsize=262_144)
+def _slot(feature: str, dimension: int) -> tuple[int, float]:
+    """Bucket and sign of one feature (cached: vocabularies repeat, blake2b is the hot path)."""
+    digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
+    return int.from_bytes(digest[:4], "little") % dimension, 1.0 if digest[4] & 1 else -1.0
 
 
 EMBEDDERS: dict[str, type[HashingEmbedder]] = {HashingEmbedder.name: HashingEmbedder}

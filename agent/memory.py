@@ -28,6 +28,7 @@ operations. A Chroma server serialises writers itself, so the server backend kee
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fcntl
 import hashlib
@@ -280,10 +281,8 @@ class MemoryStore:
             system = SharedSystemClient._identifier_to_system.pop(ident, None) if ident else None
             SharedSystemClient._identifier_to_refcount.pop(ident, None)
             if system is not None:
-                try:
+                with contextlib.suppress(Exception):  # already stopped
                     system.stop()
-                except Exception:  # already stopped
-                    pass
 
     def _connect(self, *, check_embedder: bool = True) -> Collection:
         import chromadb

@@ -41,7 +41,7 @@ class ChromaServer:
         exe = shutil.which("chroma")
         if exe is None:
             raise RuntimeError("the chroma CLI is not on PATH")
-        self.log = open(path.parent / f"chroma-{self.port}.log", "wb")
+        self.log = open(path.parent / f"chroma-{self.port}.log", "wb")  # noqa: SIM115 closed in stop()
         self.proc = subprocess.Popen(
             [exe, "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(self.port)],
             stdout=self.log,
