@@ -97,7 +97,8 @@ def check_naming(design: Design, policies: PolicySet) -> list[CheckResult]:
     rule = find_rule(policies, "snake_case|snake case|lowercase")
     out = []
     for table in design.storage.tables:
-        names = [table.name, *(c.name.lstrip("_") for c in table.columns)]
+        # raw mirrors the source as extracted; its columns keep the source's names
+        names = [table.name, *(c.name.lstrip("_") for c in table.columns if table.layer != "raw")]
         bad = [n for n in names if not SNAKE.match(n)]
         if bad:
             out.append(
@@ -179,8 +180,38 @@ def check_retention(design: Design, policies: PolicySet) -> list[CheckResult]:
     ]
 
 
+UNIT_MINUTES = {"minute": 1, "hour": 60, "day": 1440}
+
+
+def policy_freshness(policies: PolicySet) -> tuple[float | None, str | None]:
+    """The tightest freshness limit a clause states ("freshness ... within 2 hours"), in minutes."""
+    best: tuple[float | None, str | None] = (None, None)
+    for rule in policies.rules:
+        low = rule.text.lower()
+        if "freshness" not in low or not rule.modality.startswith(("MUST", "SHALL", "REQUIRED")):
+            continue
+        m = re.search(r"(?:within|at most|no more than|no older than)\s+(\d+)\s*(minute|hour|day)s?", low)
+        if m:
+            minutes = int(m.group(1)) * UNIT_MINUTES[m.group(2)]
+            if best[0] is None or minutes < best[0]:
+                best = (minutes, rule.id)
+    return best
+
+
 def check_freshness(design: Design, policies: PolicySet) -> list[CheckResult]:
     rule = find_rule(policies, "freshness|sla")
+    limit, limit_rule = policy_freshness(policies)
+    if limit is not None and design.request.freshness_minutes > limit:
+        return [
+            CheckResult(
+                check="freshness_sla",
+                status="fail",
+                policy_id=limit_rule,
+                subject=design.name,
+                message=f"requested freshness {design.request.freshness} "
+                f"({design.request.freshness_minutes:g} min) is looser than the policy limit of {limit:g} min",
+            )
+        ]
     has = any(r.check == "freshness" for r in design.quality.rules)
     monitored = any(m.name == "freshness" for m in design.quality.monitors)
     if has and monitored:

@@ -132,19 +132,38 @@ def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_strict_exits_nonzero_on_a_violation_and_lists_it(tmp_path):
-    bad = request()
-    bad["sources"][0]["entities"][0]["columns"].append({"name": "DiscountCode", "type": "string"})
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(bad))
+    """A user policy directory (--context) sets a freshness limit the daily request cannot meet."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "sla.md").write_text(
+        "---\nid: acme-sla\ntitle: ACME SLAs\n---\n\n## Freshness\n\n"
+        "- Every table feeding a dashboard MUST meet a freshness SLA within 2 hours.\n"
+    )
+    path = tmp_path / "daily.yaml"
+    path.write_text(yaml.safe_dump(request(freshness="daily")))
     out = tmp_path / "bundle"
-    proc = run_cli(tmp_path, str(path), "--out", str(out), "--strict")
+    proc = run_cli(tmp_path, str(path), "--out", str(out), "--strict", "--context", str(ctx))
     assert proc.returncode != 0, proc.stdout + proc.stderr
     checks = json.loads((out / "checks.json").read_text())
-    assert any(
-        c["check"] == "naming" and c["status"] == "fail" and "DiscountCode" in c["message"] for c in checks
-    )
+    fail = [c for c in checks if c["status"] == "fail"]
+    assert [c["check"] for c in fail] == ["freshness_sla"]
+    assert fail[0]["policy_id"].startswith("acme-sla") and "120 min" in fail[0]["message"]
     # without --strict the same design is written and the exit status is 0
-    assert run_cli(tmp_path, str(path), "--out", str(tmp_path / "b2")).returncode == 0
+    assert run_cli(tmp_path, str(path), "--out", str(tmp_path / "b2"), "--context", str(ctx)).returncode == 0
+    # an hourly request meets the policy
+    path.write_text(yaml.safe_dump(request(freshness="hourly")))
+    assert run_cli(tmp_path, str(path), "--strict", "--context", str(ctx)).returncode == 0
+
+
+def test_source_names_are_snake_cased_in_staging_raw_keeps_them(agent, policies):
+    r = request()
+    r["sources"][0]["entities"][0]["columns"].append({"name": "DiscountCode", "type": "string"})
+    res = agent.design(r)
+    raw = next(t for t in res.design.storage.tables if t.layer == "raw" and t.name.endswith("orders"))
+    stg = next(t for t in res.design.storage.tables if t.name == "stg_orders")
+    assert "DiscountCode" in {c.name for c in raw.columns}
+    assert "discount_code" in {c.name for c in stg.columns}
+    assert not [c for c in res.report.checks if c.status == "fail"]
 
 
 def test_strict_passes_a_clean_design(tmp_path):

@@ -59,8 +59,19 @@ def agent():
     return DataEngineerAgent(use_memory=False, remember=False)
 
 
+_POLICIES: list = []
+
+
 def plan(agent, **over):
-    return agent.design(request(**over)).design
+    """Request -> steering -> pack -> rules planner only (rendering is tested in test_deliverables)."""
+    from agent.compress import pack
+    from agent.planner.rules import plan_design
+    from agent.runtime import to_request
+
+    if not _POLICIES:
+        _POLICIES.append(agent.policies())
+    req = to_request(request(**over))
+    return plan_design(req, pack(_POLICIES[0], req, budget=4000), _POLICIES[0])
 
 
 def decision(design, topic):

@@ -590,12 +590,21 @@ def plan_design(
     entities = [(s, e) for s in request.sources for e in s.entities]
     if not entities:
         raise ValueError("no entities")  # pragma: no cover - validate_entities guarantees at least one
-    entity_names = {e.name for _, e in entities}
+    entity_names = {_snake(e.name) for _, e in entities}
 
     for source, entity in entities:
-        cols, pk = _entity_columns(entity, warnings, assumptions)
+        cols, source_pk = _entity_columns(entity, warnings, assumptions)
+        # raw keeps the source's names; staging and everything after it use snake_case
+        ename = _snake(entity.name)
+        pk = [_snake(k) for k in source_pk]
+        renamed = [c.name for c in cols if _snake(c.name) != c.name]
+        if renamed:
+            assumptions.append(
+                f"{source.name}.{entity.name}: {len(renamed)} column(s) renamed to snake_case in staging "
+                f"(e.g. {renamed[0]} -> {_snake(renamed[0])}); raw keeps the source names."
+            )
         raw = Table(
-            name=f"{source.name}__{entity.name}"[:63],
+            name=f"{_snake(source.name)}__{ename}"[:63],
             layer="raw",
             schema_name="raw",
             kind="raw",
@@ -623,12 +632,12 @@ def plan_design(
         for c in cols:
             masking = _masking_for(c.name) if c.pii else None
             if c.pii:
-                pii_columns.append(f"staging.stg_{entity.name}.{c.name}")
+                pii_columns.append(f"staging.stg_{ename}.{_snake(c.name)}")
             stg_cols.append(
                 TableColumn(
-                    name=c.name,
+                    name=_snake(c.name),
                     type="string" if masking in ("hash", "tokenize", "mask") else c.type,
-                    nullable=c.name not in pk,
+                    nullable=_snake(c.name) not in pk,
                     pii=c.pii,
                     masking=masking,
                     description=c.description or _describe(c.name),
@@ -644,7 +653,7 @@ def plan_design(
             )
         )
         stg = Table(
-            name=f"stg_{entity.name}",
+            name=f"stg_{ename}",
             layer="staging",
             schema_name="staging",
             kind="staging",
@@ -652,7 +661,7 @@ def plan_design(
             primary_key=pk,
             owner=owner,
             retention_days=None,
-            partition_by=_time_column(cols),
+            partition_by=_time_column([c for c in stg_cols if c.name != "_loaded_at"]),
             cluster_by=pk[:1],
             description=f"Cleaned, deduplicated, typed {entity.name}; PII masked.",
             source_entity=f"{source.name}.{entity.name}",
@@ -1226,6 +1235,20 @@ def _q(name: str) -> str:
     return name
 
 
+def _snake(name: str) -> str:
+    """snake_case for a source name (AccountId -> account_id); plain lowercase names are unchanged."""
+    if re.match(r"^[a-z_][a-z0-9_]*$", name):
+        return name
+    out = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name)
+    out = re.sub(r"(?<=[A-Z])([A-Z][a-z])", r"_\1", out)
+    return re.sub(r"_+", "_", out).lower()
+
+
+def _raw_name(stg: Table, column: str) -> str:
+    col = next((c for c in stg.columns if c.name == column), None)
+    return col.source.rsplit(".", 1)[1] if col is not None and col.source else column
+
+
 def _internal(column: TableColumn) -> bool:
     """A pipeline bookkeeping column (_loaded_at, _op ...), not a source column such as MongoDB's _id."""
     return column.name.startswith("_") and not column.source
@@ -1254,17 +1277,22 @@ def _is_fact(table: Table, entity_names: set[str]) -> bool:
 
 def _staging_sql(raw: Table, stg: Table, pk: list[str], method: str) -> Transformation:
     cols = [c for c in stg.columns if c.name != "_loaded_at"]
+    raw_names = {rc.name for rc in raw.columns}
     select = []
     for c in cols:
+        src = c.source.rsplit(".", 1)[1] if c.source else c.name
+        if src != c.name and src in raw_names and not c.masking:
+            select.append(f"{_q(src)} as {_q(c.name)}")
+            continue
         if c.masking == "hash":
-            select.append(f"md5(lower(trim(cast({_q(c.name)} as varchar)))) as {_q(c.name)}")
+            select.append(f"md5(lower(trim(cast({_q(src)} as varchar)))) as {_q(c.name)}")
         elif c.masking in ("mask", "tokenize"):
             select.append(
-                f"case when {_q(c.name)} is null then null else concat(left(cast({_q(c.name)} as varchar), 1), "
+                f"case when {_q(src)} is null then null else concat(left(cast({_q(src)} as varchar), 1), "
                 f"'***') end as {_q(c.name)}"
             )
         elif c.masking == "encrypt":
-            select.append(f"md5(cast({_q(c.name)} as varchar)) as {_q(c.name)}")
+            select.append(f"md5(cast({_q(src)} as varchar)) as {_q(c.name)}")
         elif raw.columns and any(rc.name == c.name for rc in raw.columns):
             select.append(_q(c.name))
         else:  # surrogate key drafted for an entity with no primary key
@@ -1280,7 +1308,7 @@ def _staging_sql(raw: Table, stg: Table, pk: list[str], method: str) -> Transfor
     raw_sel = ", ".join(_q(rc.name) for rc in raw.columns)
     dedup_source = (
         f"(select {raw_sel}, row_number() over (partition by "
-        + (", ".join(_q(p) for p in pk if any(rc.name == p for rc in raw.columns)) or "_batch_id")
+        + (", ".join(_q(_raw_name(stg, p)) for p in pk if _raw_name(stg, p) in raw_names) or "_batch_id")
         + f" order by {order}) as _rn from {{{{ source('raw', '{raw.name}') }}}} {where})"
     )
     sql = (
