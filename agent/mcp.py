@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-MAX_OUTPUT_CHARS = 30_000  # ~7.5k tokens at 4 chars/token: under Claude Code's 10k-token warning
+MAX_OUTPUT_CHARS = 26_000  # ~6.5k cl100k tokens (measured ~4 chars/token); with a 1.25 margin for
+# Claude's tokenizer still under Claude Code's 10k-token warning
 MAX_REQUEST_CHARS = 20_000  # same bound as DesignRequest.goal
 SERVER_NAME = "data-agent"
 
@@ -285,6 +286,49 @@ def clip(text: str, limit: int = MAX_OUTPUT_CHARS) -> str:
     return text[: limit - 200] + note
 
 
+def _shrink(value: Any) -> Any:
+    """A smaller version of ``value`` (lists keep their first half, strings their start), or None."""
+    if isinstance(value, list):
+        if len(value) > 1:
+            return value[: len(value) // 2]
+        if len(value) == 1 and (inner := _shrink(value[0])) is not None:
+            return [inner]
+        return None
+    if isinstance(value, str):
+        return value[: len(value) // 2] + " [...]" if len(value) > 400 else None
+    if isinstance(value, dict) and value:
+        key = max(value, key=lambda k: len(json.dumps(value[k], default=str)))
+        inner = _shrink(value[key])
+        return None if inner is None else {**value, key: inner}
+    return None
+
+
+def fit(body: dict[str, Any], limit: int = MAX_OUTPUT_CHARS) -> str:
+    """``body`` as JSON under ``limit`` characters and still valid JSON: the largest values are shrunk
+    (lists keep their first items, strings their start) and ``_truncated`` says what was cut."""
+    text = json.dumps(body, indent=1, default=str)
+    cut: list[str] = []
+    for _ in range(200):
+        if len(text) <= limit:
+            return text
+        sizes = {k: len(json.dumps(v, default=str)) for k, v in body.items() if k != "_truncated"}
+        for key in sorted(sizes, key=lambda k: -sizes[k]):
+            smaller = _shrink(body[key])
+            if smaller is not None:
+                body[key] = smaller
+                if key not in cut:
+                    cut.append(key)
+                break
+        else:
+            break
+        body["_truncated"] = (
+            f"shortened to stay under {limit:,} characters: {', '.join(cut)}. The full output is in the "
+            "bundle directory; `data-agent delegate BUNDLE --format agent-tool --waves` gives every task."
+        )
+        text = json.dumps(body, indent=1, default=str)
+    return clip(text, limit)
+
+
 def call(name: str, arguments: dict[str, Any] | None) -> tuple[str, bool]:
     """Run one tool: (text, is_error). Never raises for bad input or a failing stage."""
     from pydantic import ValidationError
@@ -307,7 +351,7 @@ def call(name: str, arguments: dict[str, Any] | None) -> tuple[str, bool]:
         return clip(f"{type(exc).__name__}: {exc}"), True
     except Exception as exc:  # the server must stay up whatever a stage does
         return clip(f"internal error in {name}: {type(exc).__name__}: {exc}"), True
-    return clip(json.dumps(body, indent=1, default=str)), False
+    return fit(body), False
 
 
 def tool_schemas() -> list[dict[str, Any]]:
