@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,7 +32,7 @@ class _Input(BaseModel):
 
 
 class RequestInput(_Input):
-    request: str | dict[str, Any] = Field(
+    request: Annotated[str, Field(max_length=MAX_REQUEST_CHARS)] | dict[str, Any] = Field(
         description="The design request: free text, a path to a .yaml/.json request file, or the request "
         "as an object (name, goal, sources, targets, freshness, consumers, compliance, constraints).",
     )
@@ -362,9 +362,20 @@ def tool_schemas() -> list[dict[str, Any]]:
 
 
 def build_server() -> Any:
+    import inspect
+    from importlib.metadata import version
+
     import anyio
     from mcp import types
     from mcp.server.lowlevel import Server
+
+    from agent.errors import DataAgentError
+
+    if "on_call_tool" not in inspect.signature(Server.__init__).parameters:
+        raise DataAgentError(
+            f"data-agent mcp needs the mcp SDK 2.x; found mcp {version('mcp')}",
+            hint="pip install 'mcp>=2.3,<3'",
+        )
 
     from agent import __version__
 
