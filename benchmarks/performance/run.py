@@ -1,0 +1,165 @@
+"""Performance benchmark: start-up, cold and warm designs, batch throughput, large context directories.
+
+    python benchmarks/performance/run.py [--quick] [--json]
+
+Ratios are measured side by side in the same run (e.g. a cold design against the import floor), so the
+numbers hold on a slower or busier machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "orders_cdc_snowflake.yaml"
+RESULTS = REPO / "benchmarks" / "results" / "performance.json"
+
+
+def wall(cmd: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd)
+    return time.perf_counter() - start
+
+
+def median_of(n: int, fn) -> tuple[float, list[float]]:
+    samples = [fn() for _ in range(n)]
+    return statistics.median(samples), samples
+
+
+def cli() -> list[str]:
+    exe = Path(sys.executable).with_name("data-agent")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "agent"]
+
+
+def bench_help(runs: int) -> dict:
+    t, _ = median_of(runs, lambda: wall([*cli(), "--help"]))
+    return {"metric": "data-agent --help", "value_ms": round(t * 1000, 1), "goal": "<= 150 ms", "ok": t <= 0.150}
+
+
+def bench_cold_design(runs: int) -> list[dict]:
+    floor_cmd = [sys.executable, "-c", "import chromadb, tiktoken, jinja2, yaml, sqlglot"]
+    floor, _ = median_of(runs, lambda: wall(floor_cmd))
+
+    def one() -> float:
+        tmp = tempfile.mkdtemp()
+        env = {**os.environ, "DATA_AGENT_MEMORY_DIR": f"{tmp}/mem"}
+        try:
+            return wall([*cli(), "design", str(EXAMPLE), "--out", f"{tmp}/out", "--json"], env=env)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    design, _ = median_of(runs, one)
+    return [
+        {"metric": "import floor (chromadb, tiktoken, jinja2, yaml, sqlglot)", "value_ms": round(floor * 1000, 1),
+         "goal": "reference", "ok": True},
+        {"metric": "data-agent design (cold, fresh memory)", "value_ms": round(design * 1000, 1),
+         "goal": f"<= 1.3 x floor = {floor * 1.3 * 1000:.0f} ms", "ok": design <= floor * 1.3,
+         "ratio": round(design / floor, 2)},
+    ]
+
+
+def bench_warm_design() -> dict:
+    sys.path.insert(0, str(REPO))
+    from agent.runtime import DataEngineerAgent
+
+    tmp = tempfile.mkdtemp()
+    try:
+        agent = DataEngineerAgent(memory_dir=f"{tmp}/mem")
+        agent.design(EXAMPLE, out=f"{tmp}/o1")
+        samples = []
+        for i in range(5):
+            start = time.perf_counter()
+            agent.design(EXAMPLE, out=f"{tmp}/o{i + 2}")
+            samples.append(time.perf_counter() - start)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    t = statistics.median(samples)
+    return {"metric": "second design in one process (median of 5)", "value_ms": round(t * 1000, 1),
+            "goal": "<= 150 ms", "ok": t <= 0.150}
+
+
+def bench_batch(n: int, jobs: int) -> dict:
+    examples = sorted(str(p) for p in (REPO / "examples").glob("*.yaml"))
+    requests = (examples * (n // len(examples) + 1))[:n]
+    tmp = tempfile.mkdtemp()
+    env = {**os.environ, "DATA_AGENT_MEMORY_DIR": f"{tmp}/mem"}
+    try:
+        cmd = ["/usr/bin/time", "-f", "%M", *cli(), "design", *requests, "--out", f"{tmp}/out", "--jobs", str(jobs),
+               "--json"]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        elapsed = time.perf_counter() - start
+        if proc.returncode != 0:
+            return {"metric": f"{n} designs --jobs {jobs}", "value_ms": None, "goal": ">= 10/s, < 300 MB",
+                    "ok": False, "error": proc.stderr.strip().splitlines()[-1:]}
+        peak_mb = int(proc.stderr.strip().splitlines()[-1]) / 1024
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    rate = n / elapsed
+    return {"metric": f"{n} designs, --jobs {jobs} (designs/s; peak RSS MB)", "value_ms": round(elapsed * 1000, 1),
+            "rate_per_s": round(rate, 1), "peak_mb": round(peak_mb, 1), "goal": ">= 10/s, < 300 MB",
+            "ok": rate >= 10 and peak_mb < 300}
+
+
+def make_policy_dir(root: Path, files: int) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    clauses = (REPO / "context" / "schema-standards.md").read_text().split("\n## ")[1:]
+    for i in range(files):
+        body = "\n## ".join(clauses[j % len(clauses)] for j in range(i, i + 3))
+        (root / f"policy-{i:05d}.md").write_text(f"---\nid: p{i:05d}\ntitle: Policy {i}\n---\n## {body}\n")
+
+
+def bench_big_context(files: int) -> list[dict]:
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        make_policy_dir(tmp / "ctx", files)
+        size_mb = sum(p.stat().st_size for p in (tmp / "ctx").iterdir()) / 1e6
+        env = {**os.environ, "XDG_CACHE_HOME": str(tmp / "cache"), "XDG_DATA_HOME": str(tmp / "data")}
+        cmd = [*cli(), "context", "Postgres CDC into Snowflake hourly with PII", "--context", str(tmp / "ctx"),
+               "--no-memory", "--json"]
+        cold = wall(cmd, env=env)
+        warm, _ = median_of(3, lambda: wall(cmd, env=env))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [
+        {"metric": f"context over {files} policy files ({size_mb:.1f} MB), cold", "value_ms": round(cold * 1000, 1),
+         "goal": "<= 2000 ms", "ok": cold <= 2.0},
+        {"metric": f"context over {files} policy files, warm cache", "value_ms": round(warm * 1000, 1),
+         "goal": "<= 300 ms", "ok": warm <= 0.3},
+    ]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions, smaller inputs")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    runs = 3 if args.quick else 5
+    rows = [bench_help(runs), *bench_cold_design(runs), bench_warm_design(),
+            bench_batch(40 if args.quick else 100, 2), *bench_big_context(1000 if args.quick else 5000)]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    if args.json:
+        print(json.dumps({"rows": rows}))
+    else:
+        for r in rows:
+            extra = ""
+            if "rate_per_s" in r:
+                extra = f"  ({r['rate_per_s']}/s, {r['peak_mb']} MB)"
+            if "ratio" in r:
+                extra = f"  ({r['ratio']}x floor)"
+            print(f"{'ok ' if r['ok'] else 'MISS'} {r['metric']:70} {r['value_ms']!s:>9} ms{extra}   goal {r['goal']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
