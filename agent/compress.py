@@ -157,6 +157,49 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "bi": ("dashboard", "mart", "semantic"),
     "secret": ("credential", "password", "key", "vault"),
     "encrypt": ("encryption", "kms", "tls"),
+    # general data-platform vocabulary: how requests say it vs how policies say it
+    "snowflake": ("warehouse",),
+    "bigquery": ("warehouse",),
+    "redshift": ("warehouse",),
+    "databricks": ("warehouse", "lakehouse", "cluster"),
+    "compute": ("warehouse", "cluster"),
+    "bill": ("cost", "spend"),
+    "spend": ("cost",),
+    "budget": ("cost",),
+    "expensive": ("cost",),
+    "test": ("check", "quality"),
+    "check": ("test", "quality"),
+    "failure": ("alert", "retry"),
+    "fail": ("alert", "retry"),
+    "notify": ("alert", "page"),
+    "alert": ("page", "notify"),
+    "late": ("freshness", "sla", "delay"),
+    "stale": ("freshness", "sla"),
+    "price": ("monetary", "amount", "currency"),
+    "money": ("monetary", "amount", "decimal"),
+    "currency": ("monetary", "amount"),
+    "reprocess": ("backfill", "rerun"),
+    "rerun": ("backfill", "idempotent"),
+    "backfill": ("reprocess", "rerun", "idempotent"),
+    "replay": ("backfill", "retention"),
+    "duplicate": ("idempotent", "dedupe"),
+    "throttle": ("rate", "limit"),
+    "password": ("credential", "secret"),
+    "token": ("credential", "secret"),
+    "forgotten": ("erasure", "delete"),
+    "erase": ("erasure",),
+    "remove": ("delete", "erasure"),
+    "rename": ("breaking", "schema", "contract"),
+    "drop": ("breaking", "delete"),
+    "healthcare": ("phi", "hipaa"),
+    "medical": ("phi", "hipaa"),
+    "ehr": ("phi", "hipaa", "patient"),
+    "payment": ("pci", "card", "cardholder"),
+    "csv": ("file",),
+    "sftp": ("file", "partner"),
+    "feature": ("ml", "training"),
+    "training": ("ml", "feature"),
+    "prediction": ("ml", "model", "feature"),
 }
 
 
@@ -264,10 +307,13 @@ class _Index:
     section_of: list[int]
     clause_bm25: _BM25
     section_bm25: _BM25
+    policy_of: list[int]
+    policy_bm25: _BM25
     lines: list[str]
     line_tokens: list[int]
     tags: list[tuple[frozenset[str], frozenset[str]]]
     section_cost: dict[tuple[str, str], int]
+    subjects: list[tuple[str, ...]]
     policy_cost: dict[str, int]
 
 
@@ -291,6 +337,13 @@ def _index(policies: PolicySet, encoding: str) -> _Index:
             section_docs[section_keys[k]].extend(t for r in sec.rules for t in terms(r.text))
             section_of.extend(section_keys[k] for _ in sec.rules)
     clause_docs = [terms(f"{r.text} {r.section} {' '.join(r.tags)}") for r in rules]
+    policy_of: list[int] = []
+    policy_docs: list[list[str]] = []
+    for n, p in enumerate(policies.policies):
+        policy_docs.append(terms(f"{p.title} {p.title} {p.kind} {' '.join(p.applies_to)}"))
+        policy_of.extend(n for _ in p.rules)
+    for i, doc in enumerate(clause_docs):
+        policy_docs[policy_of[i]].extend(doc)
     lines = [f"- [{r.id}] {r.text}\n" for r in rules]
     index = _Index(
         key=key,
@@ -300,6 +353,8 @@ def _index(policies: PolicySet, encoding: str) -> _Index:
         section_of=section_of,
         clause_bm25=_BM25(clause_docs),
         section_bm25=_BM25(section_docs),
+        policy_of=policy_of,
+        policy_bm25=_BM25(policy_docs),
         lines=lines,
         line_tokens=tokens.count_many(lines, encoding),
         tags=[
@@ -311,6 +366,7 @@ def _index(policies: PolicySet, encoding: str) -> _Index:
             for p in policies.policies
             for sec in p.sections
         },
+        subjects=[tuple(terms(r.text)[:2]) for r in rules],
         policy_cost={p.id: tokens.count(f"\n## {p.title} [{p.id}]\n", encoding) for p in policies.policies},
     )
     with contextlib.suppress(
@@ -335,22 +391,32 @@ def expand_query(text: str) -> dict[str, float]:
     return out
 
 
+# How much a clause borrows from its section's and its document's relevance: a request about backfills
+# lifts every clause of the "Backfills" section a little, and every clause of the operations policy less.
 SECTION_WEIGHT = 0.5
+DOCUMENT_WEIGHT = 0.3
+REDUNDANCY_PENALTY = 0.05
 
 
 def _ranked(index: _Index, query_text: str, features: set[str]) -> list[tuple[int, float]]:
     query = expand_query(query_text)
     clause = index.clause_bm25.scores(query)
     section = index.section_bm25.scores(query)
+    document = index.policy_bm25.scores(query)
     top_c = max(clause, default=0.0) or 1.0
     top_s = max(section, default=0.0) or 1.0
+    top_d = max(document, default=0.0) or 1.0
     query_words = set(query)
     ranked = []
     for i, rule in enumerate(index.rules):
         if rule.always:
             ranked.append((i, math.inf))
             continue
-        rel = clause[i] / top_c + SECTION_WEIGHT * section[index.section_of[i]] / top_s
+        rel = (
+            clause[i] / top_c
+            + SECTION_WEIGHT * section[index.section_of[i]] / top_s
+            + DOCUMENT_WEIGHT * document[index.policy_of[i]] / top_d
+        )
         scoped, stemmed = index.tags[i]
         if scoped:
             if scoped & features or stemmed & query_words:
@@ -359,6 +425,17 @@ def _ranked(index: _Index, query_text: str, features: set[str]) -> list[tuple[in
                 rel -= 0.25
         rel += 0.15 * MODALITY_WEIGHT.get(rule.modality, 0.5)
         ranked.append((i, rel))
+    # Diminishing returns for clauses about the same subject (same first words): the fifth rule about
+    # "Airflow pools" adds less than the first rule about something else the request touches.
+    by_subject: dict[tuple[str, ...], list[int]] = {}
+    for n, (i, rel) in enumerate(ranked):
+        if math.isfinite(rel):
+            by_subject.setdefault(index.subjects[i], []).append(n)
+    for group in by_subject.values():
+        if len(group) > 1:
+            group.sort(key=lambda n: (-ranked[n][1], index.rules[ranked[n][0]].id))
+            for k, n in enumerate(group[1:], start=1):
+                ranked[n] = (ranked[n][0], ranked[n][1] - REDUNDANCY_PENALTY * min(k, 5))
     ranked.sort(key=lambda x: (-x[1], index.rules[x[0]].id))
     return ranked
 

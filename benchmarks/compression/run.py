@@ -93,17 +93,24 @@ class Ours:
     def __init__(self, root: Path, encoding: str):
         self.encoding = encoding
         self.policies = load_policies(root)
-        self.source = {p.path: norm(Path(p.path).read_text()) for p in self.policies.policies}
+        self.source = {p.id: norm(Path(p.path).read_text()) for p in self.policies.policies}
+        self.rules = {r.id: r for r in self.policies.rules}
         self.not_verbatim = 0
+        self.last = None
 
     def __call__(self, query: str, budget: int) -> str:
-        result = pack(self.policies, query=query, budget=budget, encoding=self.encoding)
-        for rid in result.policy_ids:
-            rule = self.policies.rule(rid)
-            src = self.source[self.policies.policy(rule.policy_id).path]
-            if norm(rule.text) not in src or f"[{rid}] {rule.text}" not in result.text:
+        self.last = pack(self.policies, query=query, budget=budget, encoding=self.encoding)
+        return self.last.text
+
+    def verify(self) -> None:
+        """Every kept clause appears verbatim in its source file and in the pack (outside the timing)."""
+        for rid in self.last.policy_ids:
+            rule = self.rules[rid]
+            if (
+                norm(rule.text) not in self.source[rule.policy_id]
+                or f"[{rid}] {rule.text}" not in self.last.text
+            ):
                 self.not_verbatim += 1
-        return result.text
 
 
 def evaluate(label: str, scale: float, encoding: str, repeat: int, layout: str) -> dict:
@@ -135,6 +142,8 @@ def evaluate(label: str, scale: float, encoding: str, repeat: int, layout: str) 
                         packed = method(request, budget)
                         if budget == BUDGETS[0]:
                             latencies.append((time.perf_counter() - t) * 1000)
+                    if isinstance(method, Ours):
+                        method.verify()
                     n = tokens.count(packed, encoding)
                     used.append(n)
                     over += n > budget
