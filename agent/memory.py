@@ -4,13 +4,15 @@ Embedded (``PersistentClient``) by default in the user's data directory, or a Ch
 (``HttpClient``) when a URL is given. Embeddings are computed here by the local embedder and passed to
 Chroma explicitly, so Chroma's own default (an ONNX model download) is never used.
 
-Ranking (also in the README): the nearest ``candidates`` (30) by cosine distance are re-scored with
+Ranking (also in the README). The 100 nearest memories by cosine distance are re-scored with
 
-    score = 0.50 * similarity + 0.25 * overlap + 0.10 * rating + 0.10 * recency + 0.05 * use
+    score = 0.45 * similarity + 0.40 * overlap + 0.06 * rating + 0.05 * recency + 0.04 * use
 
-where similarity = 1 - cosine distance; overlap = Jaccard of the request's and the memory's facets
-{source kinds, targets, pattern, compliance} (0.5 for a memory without facets when the request has
-some, 0 for a free-text query); rating = (stars - 1) / 4 (0.5 when unrated); recency =
+where similarity = 1 - cosine distance; overlap = weighted Jaccard of the request's and the memory's facets
+{source kinds, targets, pattern, compliance} (weight 1 each, compliance 0.5; the request's pattern is
+read from its words: "CDC"/"Debezium" -> cdc, "nightly"/"daily"/"batch" -> batch, "real-time"/"streaming"
+-> streaming, "lambda" or batch and streaming together -> lambda), 0.5 for a memory without facets when
+the request has some, 0 when neither has any; rating = (stars - 1) / 4 (0.5 when unrated); recency =
 0.5 ** (days since last update / 180); use = min(use_count, 10) / 10. Ties break on id.
 
 Writes deduplicate: a memory whose normalised text is already stored is not stored again (the existing
@@ -53,9 +55,13 @@ if TYPE_CHECKING:
 
 COLLECTION = "data_agent_memories"
 FORMAT_VERSION = 1
-WEIGHTS = {"similarity": 0.50, "overlap": 0.25, "rating": 0.10, "recency": 0.10, "use": 0.05}
+WEIGHTS = {"similarity": 0.45, "overlap": 0.40, "rating": 0.06, "recency": 0.05, "use": 0.04}
 LIST_FIELDS = ("sources", "targets", "compliance", "tables")
 NEAR_DUPLICATE = 0.97
+CANDIDATES = 100
+# a second candidate query, filtered to memories sharing a source or target with the request: better recall
+# from few candidates, but a filtered query costs ~10x a plain one in Chroma, so it is off by default
+FACET_CANDIDATES = False
 LOCK_TIMEOUT_S = 120.0
 LOCK_FILE = ".data-agent.lock"
 MARKER_FILE = "data-agent.json"
@@ -96,6 +102,28 @@ def memory_facets(meta: dict[str, Any]) -> set[str]:
     return facets
 
 
+PATTERN_WORDS = {
+    "cdc": ("cdc", "debezium", "change data capture", "log-based", "binlog", "replication"),
+    "streaming": ("streaming", "real-time", "realtime", "continuous", "sub-minute", "low-latency"),
+    "batch": ("batch", "nightly", "daily", "scheduled", "hourly"),
+    "lambda": ("lambda", "speed layer", "batch and streaming", "streaming and batch", "batch plus streaming"),
+    "kappa": ("kappa",),
+}
+
+
+def text_facets(text: str) -> set[str]:
+    """Facets a free-text query states in words: the processing pattern (e.g. 'nightly' -> batch)."""
+    low = text.lower()
+    found = {p for p, words in PATTERN_WORDS.items() if any(w in low for w in words)}
+    if "lambda" in found or {"batch", "streaming"} <= found:  # both paths named: a lambda architecture
+        found = (found - {"batch", "streaming"}) | {"lambda"}
+    return {f"pattern:{p}" for p in found}
+
+
+def _flag(facet: str) -> str:
+    return "fx_" + "".join(c if c.isalnum() else "_" for c in facet)
+
+
 def _as_list(value: Any) -> list[str]:
     if value is None or value == "":
         return []
@@ -105,35 +133,40 @@ def _as_list(value: Any) -> list[str]:
 
 
 def _to_chroma_meta(memory: Memory) -> dict[str, Any]:
-    """Chroma metadata is flat scalars. The exact metadata travels as JSON (``meta_json``) so export and
-    import round-trip; a few scalar copies are kept at top level for ``where`` filters."""
+    """Chroma metadata is flat scalars, and every key costs a row in its SQLite index. So the exact record
+    (metadata, rating, use count, timestamps) travels as one JSON string, and only what ``where`` filters
+    need is a key of its own: kind, content hash, and one boolean flag per facet."""
     meta: dict[str, Any] = {
         "kind": memory.kind,
-        "created_at": memory.created_at,
-        "updated_at": memory.updated_at,
-        "use_count": memory.use_count,
-        "rating": memory.rating if memory.rating is not None else -1.0,
         "content_hash": content_hash(memory.text),
-        "meta_json": json.dumps(memory.metadata, sort_keys=True, default=str),
+        "record": json.dumps(
+            {
+                "metadata": memory.metadata,
+                "rating": memory.rating,
+                "use_count": memory.use_count,
+                "created_at": memory.created_at,
+                "updated_at": memory.updated_at,
+            },
+            sort_keys=True,
+            default=str,
+        ),
     }
-    for key, value in memory.metadata.items():
-        if key in _RESERVED or key == "meta_json":
-            continue
-        if key in LIST_FIELDS and isinstance(value, list):
-            meta[key] = ",".join(str(v) for v in value)
-        elif isinstance(value, (str, int, float, bool)):
-            meta[key] = value
+    for facet in memory_facets(memory.metadata):  # flags for the facet-filtered candidate query
+        meta[_flag(facet)] = True
     return meta
 
 
 def _from_chroma(mid: str, doc: str | None, meta: dict[str, Any] | None) -> Memory:
     meta = dict(meta or {})
+    if "record" in meta:
+        record = json.loads(meta["record"])
+        return Memory(id=mid, kind=meta.get("kind", "learning"), text=doc or "", **record)
     if "meta_json" in meta:
         metadata = json.loads(meta["meta_json"])
     else:  # records written before meta_json existed
         metadata = {}
         for key, value in meta.items():
-            if key in _RESERVED:
+            if key in _RESERVED or key.startswith("fx_"):
                 continue
             metadata[key] = _as_list(value) if key in LIST_FIELDS else value
         if meta.get("extra_json"):
@@ -652,10 +685,10 @@ class MemoryStore:
         *,
         k: int = 5,
         kinds: Sequence[str] | None = None,
-        candidates: int = 30,
+        candidates: int | None = None,
     ) -> list[RecalledMemory]:
         query_text = request if isinstance(request, str) else request.summary()
-        facets = set() if isinstance(request, str) else request_facets(request)
+        facets = text_facets(query_text) | (set() if isinstance(request, str) else request_facets(request))
         embedding = self.embedder.embed([query_text])
         with self.session() as collection:
             return self._rank(collection, embedding, facets, k=k, kinds=kinds, candidates=candidates)
@@ -666,7 +699,8 @@ class MemoryStore:
         """Recall with explicit facets (``source:postgres``, ``target:snowflake``, ...): used by tools and
         the benchmark, which have the structure of a request without a DesignRequest."""
         with self.session() as collection:
-            return self._rank(collection, self.embedder.embed([text]), set(facets), k=k, kinds=kinds)
+            facets = set(facets) | text_facets(text)
+            return self._rank(collection, self.embedder.embed([text]), facets, k=k, kinds=kinds)
 
     def _rank(
         self,
@@ -676,23 +710,39 @@ class MemoryStore:
         *,
         k: int,
         kinds: Sequence[str] | None,
-        candidates: int = 30,
+        candidates: int | None = None,
     ) -> list[RecalledMemory]:
-        total = collection.count()
-        if total == 0:
-            return []
-        where = {"kind": {"$in": list(kinds)}} if kinds else None
-        result = collection.query(
-            query_embeddings=embedding,
-            n_results=min(max(candidates, k), total),
-            where=where,
-            include=["documents", "metadatas", "distances"],
-        )
+        candidates = candidates or CANDIDATES
+        kind_filter = {"kind": {"$in": list(kinds)}} if kinds else None
+        queries = [kind_filter]
+        if (
+            facets and FACET_CANDIDATES
+        ):  # hybrid candidates: the nearest by vector, and the nearest that share a facet
+            flags = [{_flag(f): True} for f in sorted(facets) if not f.startswith("pattern:")]
+            flags = flags or [{_flag(f): True} for f in sorted(facets)]
+            facet_filter = flags[0] if len(flags) == 1 else {"$or": flags}
+            queries.append({"$and": [kind_filter, facet_filter]} if kind_filter else facet_filter)
+        seen: dict[str, tuple[str, dict[str, Any], float]] = {}
+        for where in queries:
+            try:
+                result = collection.query(
+                    query_embeddings=embedding,
+                    n_results=max(candidates, k),
+                    where=where,
+                    include=["documents", "metadatas", "distances"],
+                )
+            except Exception as exc:  # a filter that matches nothing is an error on some versions
+                if where is queries[0]:
+                    raise
+                del exc
+                continue
+            for mid, doc, meta, dist in zip(
+                result["ids"][0], result["documents"][0], result["metadatas"][0], result["distances"][0]
+            ):
+                seen.setdefault(mid, (doc, meta, dist))
         now = datetime.now(timezone.utc)
         recalled = []
-        for mid, doc, meta, dist in zip(
-            result["ids"][0], result["documents"][0], result["metadatas"][0], result["distances"][0]
-        ):
+        for mid, (doc, meta, dist) in seen.items():
             memory = _from_chroma(mid, doc, meta)
             recalled.append(score_memory(memory, 1.0 - float(dist), facets, now))
         recalled.sort(key=lambda r: (-r.score, r.memory.id))
@@ -726,7 +776,7 @@ def _matches(memory: Memory, cutoff: datetime | None, kind: str | None, where: d
 def score_memory(memory: Memory, similarity: float, facets: set[str], now: datetime) -> RecalledMemory:
     mf = memory_facets(memory.metadata)
     # a memory with no structured facets (a plain learning) neither gains nor loses on overlap
-    overlap = len(facets & mf) / len(facets | mf) if facets and mf else 0.5 * bool(facets)
+    overlap = _weighted_jaccard(facets, mf) if facets and mf else 0.5 * bool(facets)
     rating = (memory.rating - 1) / 4 if memory.rating is not None else 0.5
     try:
         age_days = max(0.0, (now - datetime.fromisoformat(memory.updated_at)).total_seconds() / 86400)
@@ -742,6 +792,16 @@ def score_memory(memory: Memory, similarity: float, facets: set[str], now: datet
         similarity=round(similarity, 6),
         why={k: round(v, 4) for k, v in parts.items()},
     )
+
+
+FACET_WEIGHTS = {"source": 1.0, "target": 1.0, "pattern": 1.0, "compliance": 0.5}
+
+
+def _weighted_jaccard(a: set[str], b: set[str]) -> float:
+    def w(facets: set[str]) -> float:
+        return sum(FACET_WEIGHTS.get(f.split(":", 1)[0], 1.0) for f in facets)
+
+    return w(a & b) / w(a | b)
 
 
 def design_memory_text(design: Design) -> str:

@@ -77,11 +77,15 @@ def quality(tmp: Path) -> dict:
         dedupe=False,
     )
     out = {}
+    from agent import memory
+
     with store.session() as col:
-        for method in ("ours", "vector"):
+        for method in ("ours", "ours_hybrid30", "vector"):
+            hybrid = method == "ours_hybrid30"
+            memory.FACET_CANDIDATES, memory.CANDIDATES = (True, 30) if hybrid else (False, 100)
             recalls, rrs = [], []
             for q in queries:
-                if method == "ours":
+                if method.startswith("ours"):
                     ranked = [
                         r.memory.id for r in store.recall_by_facets(q.text, request_facets(q.facets), k=10)
                     ]
@@ -202,9 +206,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     q = results["quality"]
     print(f"quality: {q['designs']} designs, {q['queries']} queries (hit = grade >= 2)")
-    print(f"  {'ranking':8} {'recall@5':>9} {'MRR':>7}")
-    for m in ("ours", "vector"):
-        print(f"  {m:8} {q[m]['recall@5']:>9.3f} {q[m]['mrr']:>7.3f}")
+    print(f"  {'ranking':14} {'recall@5':>9} {'MRR':>7}")
+    for m in ("ours", "ours_hybrid30", "vector"):
+        print(f"  {m:14} {q[m]['recall@5']:>9.3f} {q[m]['mrr']:>7.3f}")
     print(
         f"embedding: {results['embed_per_s']:.0f} texts/s; deduplicated batch insert: "
         f"{results['dedupe_insert_per_s']:.0f}/s"
