@@ -1,9 +1,19 @@
 """Pack policies and recalled memories into the token budget, keeping what matters for this request.
 
 Extractive: whole clauses are kept verbatim or not at all, so a "MUST NOT" is never cut from its
-subject. ``always`` rules go first whatever the request; the rest are ranked by relevance (BM25 over the
-clause, its section and policy titles, with a small synonym table so paraphrases match) plus scope tags
-that match the request's features, plus a weight for the clause's strength (MUST above SHOULD above MAY).
+subject. ``always`` rules go first whatever the request (and if one does not fit, no ranked clause takes
+its room); the rest are ranked by
+
+    BM25(clause + section title + tags)                       normalised to the best clause
+  + 0.5 x BM25(its section: title + all its clauses)         normalised to the best section
+  + 0.3 x BM25(its document: title, kind, scope + clauses)   normalised to the best document
+  + 0.35 when its scope tags match the request (-0.25 when scoped elsewhere)
+  + 0.15 x modality weight (MUST/SHALL/NEVER 1.0 ... MAY 0.4)
+  - 0.05 per better-ranked clause with the same subject (first two content words), at most 5
+
+over lightly stemmed words, with the request expanded by a small data-platform synonym table (weight
+0.5). Clauses are taken greedily by rank while they and any new heading fit, then rendered in document
+order under their policy and section headings; the exact token count of the final text has the last word.
 
 The budget is split between policies and memories (``POLICY_SHARE``); whatever one side does not use is
 given to the other. The same input always gives the same bytes: ties break on clause id.
@@ -380,10 +390,10 @@ def expand_query(text: str) -> dict[str, float]:
     """Query terms with weights: the request's own words 1.0, synonym bridges 0.5."""
     out: dict[str, float] = {}
     words = _WORD.findall(text.lower())
-    for w in words:
-        if len(w) > 1 and w not in STOPWORDS:
-            t = stem(w)
-            out[t] = out.get(t, 0.0) + 1.0
+    counts = Counter(stem(w) for w in words if len(w) > 1 and w not in STOPWORDS)
+    # sublinear: a request summary repeats entity names ("orders.email, customers.email, ...") and
+    # should not let them drown the words it says once ("kafka")
+    out.update({t: 1.0 + math.log(n) for t, n in counts.items()})
     for w in words:
         for syn in SYNONYMS.get(w, ()) + SYNONYMS.get(stem(w), ()):
             t = stem(syn)
