@@ -10,9 +10,9 @@ Ranking (also in the README). The 100 nearest memories by cosine distance are re
 
 where similarity = 1 - cosine distance; overlap = weighted Jaccard of the request's and the memory's facets
 {source kinds, targets, pattern, compliance} (weight 1 each, compliance 0.5; the request's pattern is
-read from its words: "CDC"/"Debezium" -> cdc, "nightly"/"daily"/"batch" -> batch, "real-time"/"streaming"
--> streaming, "lambda" or batch and streaming together -> lambda), 0.5 for a memory without facets when
-the request has some, 0 when neither has any; rating = (stars - 1) / 4 (0.5 when unrated); recency =
+read from its words (``PATTERN_WORDS``), e.g. "CDC"/"Debezium" -> cdc, "nightly"/"daily"/"batch" -> batch,
+"real-time"/"streaming" -> streaming, "lambda" or batch and streaming together -> lambda), 0.5 for a
+memory without facets when the request has some, 0 when the request has none; rating = (stars - 1) / 4 (0.5 when unrated); recency =
 0.5 ** (days since last update / 180); use = min(use_count, 10) / 10. Ties break on id.
 
 Writes deduplicate: a memory whose normalised text is already stored is not stored again (the existing
@@ -25,7 +25,10 @@ see other processes' writes. So every operation here takes an exclusive ``fcntl`
 ``<dir>/.data-agent.lock``, opens a fresh ``PersistentClient``, does its work and closes the client
 (which stops Chroma's cached system for that path) before releasing the lock. Nothing stays open
 between operations; ``with store.session():`` holds the lock and one client across a batch of
-operations. A Chroma server serialises writers itself, so the server backend keeps its client open.
+operations (it excludes other processes meanwhile, so keep it short). Measured on a busy 2-CPU machine:
+an open/close costs ~7-22 ms, a recall per operation 41 ms p50 at 1k memories, 66 ms at 10k and 424 ms at
+100k (the HNSW index is loaded from disk each time) against 16/19/20 ms inside a session. A Chroma server
+serialises writers itself, so the server backend keeps its client open (11-19 ms p50 per recall).
 """
 
 from __future__ import annotations
