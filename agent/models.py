@@ -99,12 +99,25 @@ class Column(InputModel):
         return value.lower()
 
 
+# Postgres's hard limit; wider entities are a modelling problem, and checking before validation keeps a
+# hostile 100,000-column request from costing minutes.
+MAX_COLUMNS = 1600
+MAX_ENTITIES = 200
+
+
 class Entity(InputModel):
     name: Identifier
     columns: list[Column] = Field(default_factory=list)
     primary_key: list[Identifier] = Field(default_factory=list)
     description: str = ""
     rows: int | None = Field(default=None, ge=0, description="Current row count, if known.")
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _column_limit(cls, value: object) -> object:
+        if isinstance(value, list) and len(value) > MAX_COLUMNS:
+            raise ValueError(f"{len(value):,} columns is over the limit of {MAX_COLUMNS:,} per entity")
+        return value
 
     @model_validator(mode="after")
     def _keys_exist(self) -> Entity:
@@ -129,7 +142,7 @@ class Volume(InputModel):
 class Source(InputModel):
     name: Identifier
     kind: str = Field(description="One of: " + ", ".join(SOURCE_KINDS))
-    entities: list[Entity] = Field(default_factory=list)
+    entities: list[Entity] = Field(default_factory=list, max_length=MAX_ENTITIES)
     volume: Volume = Field(default_factory=Volume)
     change_rate: str | None = Field(default=None, description="How often rows change, e.g. '5% daily'.")
     connection: str | None = Field(default=None, description="Connection string; secrets are redacted.")

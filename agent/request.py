@@ -59,7 +59,7 @@ def looks_like_path(arg: str) -> bool:
 
 def load_request(arg: str, *, name: str | None = None) -> DesignRequest:
     """A path to a YAML/JSON request, or free text."""
-    if looks_like_path(arg) or Path(arg).is_file():
+    if looks_like_path(arg) or (len(arg) < 1024 and "\n" not in arg and Path(arg).is_file()):
         return load_request_file(Path(arg))
     return request_from_text(arg, name=name)
 
@@ -136,6 +136,11 @@ def validate_request(
         field = ".".join(str(p) for p in loc) or None
         line = yaml_line(text, loc) if text else None
         message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "string_pattern_mismatch":
+            message = (
+                f"{str(err.get('input'))[:80]!r} is not a valid identifier (a letter or underscore, then "
+                "letters, digits or underscores, at most 63 characters)"
+            )
         more = len(exc.errors()) - 1
         if more:
             message += f" (and {more} more problem{'s' if more > 1 else ''})"
