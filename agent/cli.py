@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -38,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from agent.errors import DataAgentError
 
+    previous = _terminate_as_exception()
     try:
         return int(args.run(args) or 0)
     except DataAgentError as exc:
@@ -45,8 +47,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("data-agent: interrupted; nothing was half-written", file=sys.stderr)
         return 130
+    except Terminated:
+        print("data-agent: terminated; nothing was half-written", file=sys.stderr)
+        return 143
     except BrokenPipeError:
         return 0
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt so every cleanup (temporary bundle, locks) runs."""
+
+
+def _terminate_as_exception() -> Any:
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. called from a library user's worker)
+        return None
 
 
 def fail(args: argparse.Namespace, exc: Any) -> int:

@@ -65,7 +65,12 @@ CANDIDATES = 100
 # a second candidate query, filtered to memories sharing a source or target with the request: better recall
 # from few candidates, but a filtered query costs ~10x a plain one in Chroma, so it is off by default
 FACET_CANDIDATES = False
-LOCK_TIMEOUT_S = 120.0
+# A design run waits this long for another process's memory operation before giving up with a clear error.
+LOCK_TIMEOUT_S = float(os.environ.get("DATA_AGENT_LOCK_TIMEOUT", "30"))
+REBUILD_HINT = (
+    "rebuild it with 'data-agent memory rebuild --from-export FILE.jsonl' or "
+    "'data-agent memory rebuild --from-bundles DIR' (saved design bundles)"
+)
 LOCK_FILE = ".data-agent.lock"
 MARKER_FILE = "data-agent.json"
 CHUNK = 2000  # rows per Chroma call (its max batch is larger, this keeps memory flat)
@@ -260,6 +265,10 @@ class MemoryStore:
                     self._depth += 1
                     try:
                         yield collection
+                    except MemoryStoreError:
+                        raise
+                    except Exception as exc:
+                        raise storage_error(exc, self.location) from None
                     finally:
                         self._depth -= 1
                 finally:
@@ -336,9 +345,9 @@ class MemoryStore:
                 self._client = chromadb.PersistentClient(path=str(self.path), settings=settings)
             except Exception as exc:  # chromadb raises many types for a damaged folder
                 raise MemoryStoreError(
-                    f"cannot open the memory store: {exc}",
+                    f"cannot open the memory store, it looks damaged: {str(exc)[:200]}",
                     path=self.path,
-                    hint="restore it with 'data-agent memory import' from an export",
+                    hint=REBUILD_HINT,
                 ) from None
         created = False
         try:
@@ -358,7 +367,11 @@ class MemoryStore:
             raise
         except Exception as exc:
             self._release_client()
-            raise MemoryStoreError(f"cannot open the memory collection: {exc}", path=self.location) from None
+            raise MemoryStoreError(
+                f"cannot open the memory collection, it looks damaged: {str(exc)[:200]}",
+                path=self.location,
+                hint=None if self.url else REBUILD_HINT,
+            ) from None
         stored = collection.metadata or {}
         if int(stored.get("format_version", 1)) > FORMAT_VERSION:
             self._release_client()
@@ -805,6 +818,63 @@ def _weighted_jaccard(a: set[str], b: set[str]) -> float:
         return sum(FACET_WEIGHTS.get(f.split(":", 1)[0], 1.0) for f in facets)
 
     return w(a & b) / w(a | b)
+
+
+def storage_error(exc: BaseException, location: str) -> MemoryStoreError:
+    """A Chroma or OS failure during an operation, as one clear error; nothing of the operation is kept."""
+    import errno
+
+    text = str(exc)
+    if getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in text or "disk is full" in text:
+        return MemoryStoreError(
+            "the disk is full; the memory operation was not stored",
+            path=location,
+            hint="free space and run again; the store is unchanged",
+        )
+    if "database is locked" in text or "busy" in text.lower():
+        return MemoryStoreError("the memory store is busy", path=location, hint="retry in a moment")
+    return MemoryStoreError(f"the memory operation failed: {text[:200]}", path=location, hint=REBUILD_HINT)
+
+
+def rebuild_store(path: Path, *, export: Path | None = None, bundles: Sequence[Path] = ()) -> dict[str, Any]:
+    """Move a damaged embedded store aside and build a new one from an export and/or saved bundles."""
+    from agent.models import Design
+
+    memories: list[Memory] = []
+    if export is not None:
+        from agent.commands.memory import parse_jsonl
+
+        try:
+            memories = parse_jsonl(export.read_text(encoding="utf-8"), str(export))
+        except OSError as exc:
+            raise MemoryStoreError(f"cannot read the export: {exc.strerror}", path=export) from None
+    designs: list[tuple[Design, str]] = []
+    for root in bundles:
+        for found in sorted(Path(root).rglob("design.json")):
+            try:
+                designs.append(
+                    (Design.model_validate_json(found.read_text(encoding="utf-8")), str(found.parent))
+                )
+            except Exception as exc:
+                raise MemoryStoreError(f"not a readable design: {str(exc)[:120]}", path=found) from None
+    if not memories and not designs:
+        raise MemoryStoreError("nothing to rebuild from: give --from-export FILE and/or --from-bundles DIR")
+    moved = None
+    if path.exists():
+        moved = path.with_name(f"{path.name}.damaged-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}")
+        os.rename(path, moved)
+    store = MemoryStore(path, seed=not memories)
+    if memories:
+        store.import_memories(memories)
+    for design, bundle in designs:
+        store.remember_design(design, bundle=bundle)
+    return {
+        "path": str(path),
+        "moved_aside": str(moved) if moved else None,
+        "imported": len(memories),
+        "designs": len(designs),
+        "count": store.count(),
+    }
 
 
 def design_memory_text(design: Design) -> str:

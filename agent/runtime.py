@@ -216,6 +216,8 @@ class DataEngineerAgent:
                 from agent.render import write_bundle
 
                 files["manifest.json"] = manifest(design, report)
+                # the whole design, so a damaged memory store can be rebuilt from saved bundles
+                files["design.json"] = design.model_dump_json(indent=2) + "\n"
                 bundle = write_bundle(Path(out), files)
         if self.config.use_memory and self.config.remember:
             with timer("remember"):

@@ -65,6 +65,19 @@ def add_parser(sub: Any) -> None:
     imp.add_argument("file", metavar="FILE")
 
     cmd("stats", run_stats, "counts by kind, embedder, location")
+    rebuild = cmd(
+        "rebuild",
+        run_rebuild,
+        "replace a damaged embedded store: move it aside, rebuild from an export and/or saved design bundles",
+    )
+    rebuild.add_argument("--from-export", metavar="FILE", help="a JSONL file from 'data-agent memory export'")
+    rebuild.add_argument(
+        "--from-bundles",
+        metavar="DIR",
+        action="append",
+        default=[],
+        help="a folder of design bundles (each with design.json); repeatable",
+    )
     cmd("reindex", run_reindex, "re-embed every memory with the current embedder")
 
 
@@ -272,4 +285,25 @@ def run_reindex(args: argparse.Namespace) -> int:
         args,
         {"reindexed": count, "embedder": store.embedder.name},
         f"re-embedded {count} with {store.embedder.name}",
+    )
+
+
+def run_rebuild(args: argparse.Namespace) -> int:
+    from agent.errors import MemoryStoreError
+    from agent.memory import rebuild_store
+    from agent.resources import default_memory_dir
+
+    if args.memory_url:
+        raise MemoryStoreError("rebuild applies to the embedded store; a Chroma server keeps its own storage")
+    path = Path(args.memory_dir) if args.memory_dir else default_memory_dir()
+    result = rebuild_store(
+        path,
+        export=Path(args.from_export) if args.from_export else None,
+        bundles=[Path(b) for b in args.from_bundles],
+    )
+    return _emit(
+        args,
+        result,
+        f"rebuilt {result['path']} with {result['count']} memories"
+        + (f"; the damaged store is at {result['moved_aside']}" if result["moved_aside"] else ""),
     )
