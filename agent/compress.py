@@ -600,12 +600,17 @@ def _pack(
     )
 
 
+def _inert(text: str) -> str:
+    """Memory text is data: it cannot close its own delimiter or open a new one."""
+    return re.sub(r"<(/?)(memory|policy|system)", r"&lt;\1\2", text, flags=re.I)
+
+
 def _memory_block(m: RecalledMemory) -> str:
     meta = m.memory.metadata
-    label = meta.get("name") or m.memory.kind
+    label = str(meta.get("name") or m.memory.kind).replace('"', "'")
     return (
-        f'<memory id="{m.memory.id}" kind="{m.memory.kind}" name="{label}" score="{m.score:.2f}">\n'
-        f"{m.memory.text.strip()}\n</memory>\n"
+        f'<memory id="{_inert(m.memory.id)}" kind="{m.memory.kind}" name="{_inert(label)}" '
+        f'score="{m.score:.2f}">\n{_inert(m.memory.text.strip())}\n</memory>\n'
     )
 
 
