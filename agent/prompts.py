@@ -17,14 +17,16 @@ def _environment() -> Any:
     from jinja2 import FileSystemLoader, StrictUndefined
     from jinja2.sandbox import SandboxedEnvironment
 
+    from agent.render import _ENV_OPTIONS, bytecode_cache
     from agent.resources import shipped
 
+    # the same options as the bundle's environment, so the two share one bytecode cache directory
     return SandboxedEnvironment(
         loader=FileSystemLoader(str(shipped("prompts"))),
         undefined=StrictUndefined,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
+        autoescape=False,
+        bytecode_cache=bytecode_cache("sandbox-strict-trim"),
+        **_ENV_OPTIONS,
     )
 
 

@@ -222,8 +222,9 @@ class DataEngineerAgent:
         if self.config.use_memory and self.config.remember:
             with timer("remember"):
                 store = self.memory()
-                report.remembered = store.remember_design(design, bundle=str(bundle) if bundle else None)
-                store.mark_used([r.memory.id for r in recalled if r.memory.id in context.memory_ids])
+                with store.session():  # one lock and one client for both writes (an open costs 10-20 ms)
+                    report.remembered = store.remember_design(design, bundle=str(bundle) if bundle else None)
+                    store.mark_used([r.memory.id for r in recalled if r.memory.id in context.memory_ids])
         if bundle is not None:
             # rewrite only the manifest so it carries the complete timings (write + remember)
             files["manifest.json"] = manifest(design, report)

@@ -19,6 +19,14 @@ import yaml
 
 from agent.models import ArtifactCheck, Design
 
+# libyaml's loader when PyYAML was built with it: the same safe subset, ~10x faster than the pure-Python one
+# (checking a bundle's YAML cost ~200 ms with the pure-Python loader)
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _load_yaml(content: str) -> Any:
+    return yaml.load(content, Loader=_SafeLoader)  # noqa: S506 - a safe loader
+
 
 def validate_bundle(
     design: Design, files: Mapping[str, str], schemas: Path | None = None
@@ -44,12 +52,13 @@ def validate_bundle(
 
 
 def check_ddl(path: str, sql: str, dialect: str) -> ArtifactCheck:
-    import sqlglot
     from sqlglot import exp
     from sqlglot.errors import ParseError
 
+    from agent.render import parse_sql
+
     try:
-        statements = [s for s in sqlglot.parse(sql, read=dialect) if s is not None]
+        statements = [s for s in parse_sql(sql, dialect) if s is not None]
     except ParseError as exc:
         return ArtifactCheck(
             path=path, checker=f"sqlglot[{dialect}]", ok=False, message=str(exc).splitlines()[0]
@@ -131,7 +140,7 @@ def check_mermaid(path: str, markdown: str) -> ArtifactCheck:
 
 def check_yaml(path: str, content: str) -> ArtifactCheck:
     try:
-        yaml.safe_load(content)
+        _load_yaml(content)
     except yaml.YAMLError as exc:
         return ArtifactCheck(path=path, checker="yaml", ok=False, message=str(exc).splitlines()[0])
     return ArtifactCheck(path=path, checker="yaml", ok=True)
@@ -155,8 +164,39 @@ def split_checks(sql: str) -> list[tuple[str, str]]:
     return out
 
 
+# Results of the two costly checks, by the exact text they checked (each is a pure function of it):
+# executing the DDL and quality checks in DuckDB (~35 ms) and resolving every model's columns (~22 ms).
+# A design whose artifacts are byte-identical to an earlier one in this process (a repeated request, a
+# batch) reuses the verdict; any change to the text is a new key. Bounded, oldest first out.
+_MEMO: dict[tuple, Any] = {}
+_MEMO_MAX = 256
+
+
+def _memo(key: tuple, compute: Any) -> Any:
+    if key in _MEMO:
+        value = _MEMO[key]
+    else:
+        value = compute()
+        if len(_MEMO) >= _MEMO_MAX:
+            _MEMO.pop(next(iter(_MEMO)))
+        _MEMO[key] = value
+    if isinstance(value, list):
+        return [v.model_copy() for v in value]
+    return value.model_copy()
+
+
 def check_duckdb(files: Mapping[str, str], design: Design) -> ArtifactCheck:
     """The DuckDB copy of the DDL creates every table, and every quality check runs against them."""
+    key = (
+        "duckdb",
+        files.get("storage/ddl.duckdb.sql"),
+        files.get("quality/checks.sql", ""),
+        len(design.storage.tables),
+    )
+    return _memo(key, lambda: _check_duckdb(files, design))
+
+
+def _check_duckdb(files: Mapping[str, str], design: Design) -> ArtifactCheck:
     import duckdb
 
     con = duckdb.connect(":memory:")
@@ -193,6 +233,18 @@ def compile_model(sql: str) -> str:
 
 def check_models(design: Design, files: Mapping[str, str], dialect: str) -> list[ArtifactCheck]:
     """Each model parses, and every column it selects from a table exists in that table's DDL."""
+    key = (
+        "models",
+        tuple((t.name, t.target_table, t.sql) for t in design.processing.transformations),
+        tuple(
+            (t.schema_name, t.name, t.qualified, t.layer, tuple(c.name for c in t.columns))
+            for t in design.storage.tables
+        ),
+    )
+    return _memo(key, lambda: _check_models(design))
+
+
+def _check_models(design: Design) -> list[ArtifactCheck]:
     import sqlglot
     from sqlglot import exp
     from sqlglot.errors import SqlglotError
@@ -296,10 +348,10 @@ def check_schemas(files: Mapping[str, str], schemas: Path) -> list[ArtifactCheck
                     validator.validate(event)
                 results.append(ArtifactCheck(path=path, checker="jsonschema[openlineage]", ok=True))
             elif path.endswith(".odcs.yaml"):
-                jsonschema.Draft201909Validator(odcs).validate(yaml.safe_load(content))
+                jsonschema.Draft201909Validator(odcs).validate(_load_yaml(content))
                 results.append(ArtifactCheck(path=path, checker="jsonschema[odcs-3.1.0]", ok=True))
             elif path in ("quality/schema.yml", "processing/sources.yml"):
-                jsonschema.Draft7Validator(dbt).validate(yaml.safe_load(content))
+                jsonschema.Draft7Validator(dbt).validate(_load_yaml(content))
                 results.append(ArtifactCheck(path=path, checker="jsonschema[dbt]", ok=True))
         except jsonschema.ValidationError as exc:
             where = "/".join(str(p) for p in exc.absolute_path)

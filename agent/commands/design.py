@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,15 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--no-memory", action="store_true", help="neither recall nor remember")
     p.add_argument("--no-remember", action="store_true", help="recall, but do not store this design")
     p.add_argument("--strict", action="store_true", help="exit non-zero when a policy check fails")
+    p.add_argument(
+        "--jobs",
+        "-j",
+        type=int,
+        default=1,
+        metavar="N",
+        help="design up to N requests at once in worker processes (default 1; 0 = one per CPU); "
+        "an error in one request is reported for it and the others still complete",
+    )
     p.add_argument(
         "--agent-map",
         action="append",
@@ -81,13 +91,16 @@ def parse_agent_map(items: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agent.errors import PlannerError
+    from agent.errors import DataAgentError, PlannerError
     from agent.runtime import AgentConfig, DataEngineerAgent
 
     if args.offline and args.planner == "claude":
         raise PlannerError(
             "--planner claude calls the Anthropic API, which --offline forbids", hint="use --planner rules"
         )
+    jobs = getattr(args, "jobs", 1)
+    if jobs is None or jobs < 0:
+        raise DataAgentError("--jobs must be 0 (one per CPU) or a positive number", field="jobs")
     planner = "rules" if args.offline else args.planner
     config = AgentConfig(
         context=args.context,
@@ -103,18 +116,148 @@ def run(args: argparse.Namespace) -> int:
         offline=args.offline,
         claude=claude_settings(args),
     )
-    agent = DataEngineerAgent(config)
     several = len(args.requests) > 1
-    results = []
-    for i, request in enumerate(args.requests):
-        out = _out_dir(args.out, request, i, several)
-        results.append(_one(agent, request, out, args))
+    if not several:
+        result = _one(
+            DataEngineerAgent(config), args.requests[0], _out_dir(args.out, args.requests[0], 0, False), args
+        )
+        if args.json:
+            from agent.cli import emit_json
+
+            emit_json(result.to_json())
+        return 5 if args.strict and not result.ok else 0
+
+    tasks = [
+        (i, request, str(_out_dir(args.out, request, i, True))) for i, request in enumerate(args.requests)
+    ]
+    workers = min(len(tasks), jobs or os.cpu_count() or 1)
+    if workers > 1:
+        outcomes = _run_parallel(config, tasks, workers, args.json)
+    else:
+        _init_worker(config, args.json)
+        outcomes = [_design_task(task) for task in tasks]
+    failed_checks = False
+    exit_code = 0
+    for outcome in outcomes:
+        if outcome.get("summary_text"):
+            sys.stdout.write(outcome.pop("summary_text"))
+        outcome.pop("summary_text", None)
+        if "error" in outcome:
+            print(f"data-agent: error: {outcome['request']}: {outcome['error_text']}", file=sys.stderr)
+            exit_code = exit_code or int(outcome["exit_code"])
+        elif not outcome.pop("ok"):
+            failed_checks = True
     if args.json:
         from agent.cli import emit_json
 
-        emit_json(results[0].to_json() if not several else {"designs": [r.to_json() for r in results]})
-    failed = any(not r.ok for r in results)
-    return 5 if args.strict and failed else 0
+        emit_json({"designs": [_public(o) for o in outcomes]})
+    if exit_code:
+        return exit_code
+    return 5 if args.strict and failed_checks else 0
+
+
+# -- several requests: one agent per worker process --------------------------------------------------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(config: Any, as_json: bool) -> None:
+    from agent.runtime import DataEngineerAgent
+
+    _WORKER["agent"] = DataEngineerAgent(config)
+    _WORKER["json"] = as_json
+
+
+def _design_task(task: tuple[int, str, str]) -> dict[str, Any]:
+    """One request of a batch: the design's JSON, or the error it raised; never an exception."""
+    from agent.errors import DataAgentError
+
+    index, request, out = task
+    agent = _WORKER["agent"]
+    try:
+        result = agent.design(request, out=Path(out))
+    except DataAgentError as exc:
+        return {
+            "index": index,
+            "request": request,
+            "error": exc.to_dict(),
+            "error_text": str(exc),
+            "exit_code": exc.exit_code,
+        }
+    except Exception as exc:  # noqa: BLE001 - one broken request must not stop the batch
+        return {
+            "index": index,
+            "request": request,
+            "error": {"error": type(exc).__name__, "message": str(exc)[:500]},
+            "error_text": f"{type(exc).__name__}: {exc}",
+            "exit_code": 1,
+        }
+    outcome = {"index": index, "request": request, "ok": result.ok, **result.to_json()}
+    if not _WORKER["json"]:
+        import contextlib
+        import io
+
+        from agent.console import print_design_summary
+
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            print_design_summary(result)
+        outcome["summary_text"] = buf.getvalue()
+    return outcome
+
+
+def _public(outcome: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in outcome.items() if k not in ("index", "error_text", "exit_code", "ok")}
+
+
+def _run_parallel(config: Any, tasks: list[tuple[int, str, str]], workers: int, as_json: bool) -> list[dict]:
+    """A process pool (threads would share one GIL). On Linux the workers are forked from this process
+    after the heavy modules are imported and the tokenizer and templates are warm, so each worker starts
+    in milliseconds; the memory store serialises its writes with a file lock, so workers share it safely."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods:
+        _prewarm(config)
+        context = multiprocessing.get_context("fork")
+    else:
+        context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(config, as_json)
+    ) as pool:
+        try:
+            outcomes = list(pool.map(_design_task, tasks, chunksize=1))
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    return sorted(outcomes, key=lambda o: o["index"])
+
+
+def _prewarm(config: Any) -> None:
+    """Import and build what every design needs, once, before forking. Nothing here opens the memory
+    store or starts a thread (a forked child must not inherit a half-held lock or a client)."""
+    import duckdb  # noqa: F401
+    import sqlglot  # noqa: F401
+    import yaml  # noqa: F401
+
+    import agent.checks  # noqa: F401
+    import agent.compress  # noqa: F401
+    import agent.delegation  # noqa: F401
+    import agent.planner  # noqa: F401
+    import agent.request  # noqa: F401
+    import agent.steering  # noqa: F401
+    import agent.validate  # noqa: F401
+    from agent.render import warm_templates
+    from agent.tokens import encoding
+
+    encoding(config.encoding)
+    warm_templates(str(config.templates) if config.templates else None)
+    if config.use_memory:
+        import chromadb  # noqa: F401
+        import chromadb.api.rust  # noqa: F401
+
+        import agent.memory  # noqa: F401
 
 
 def _out_dir(out: str | None, request: str, index: int, several: bool) -> Path:
