@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from agent.runtime import STAGES
 from tests.conftest import EXAMPLES, Cli, isolated_env, one_json_object
 
 ORDERS = EXAMPLES / "orders_cdc_snowflake.yaml"
@@ -22,19 +23,6 @@ SIMILAR_TEXT = (
     "Hourly CDC of the Postgres orders and customers tables into Snowflake; emails are PII under GDPR"
 )
 ROLES = ("security-engineer", "devops-engineer", "qa-engineer")
-STAGES = [
-    "request",
-    "steering",
-    "recall",
-    "pack",
-    "plan",
-    "checks",
-    "delegations",
-    "render",
-    "validate",
-    "write",
-    "remember",
-]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -137,7 +125,7 @@ def test_manifest_holds_the_run_report(run: Run) -> None:
     report = manifest["report"]
     assert manifest["design_id"] == run.data["design_id"]
     assert report == run.report, "manifest.json and --json must carry the same, complete report"
-    assert [s["stage"] for s in report["stages"]] == STAGES
+    assert [s["stage"] for s in report["stages"]] == list(STAGES)
     assert all(s["seconds"] >= 0 for s in report["stages"])
     assert 0 < report["tokens_after_packing"] <= report["budget"] == 4000
     assert report["tokens_before_packing"] > report["tokens_after_packing"], "nothing was packed away"

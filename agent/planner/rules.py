@@ -116,6 +116,14 @@ EXTRACTION = {  # source kind -> (method, tool, why)
     ),
 }
 
+# The transform pipeline: dbt layers in order, tests between core and the marts consumers read.
+TRANSFORM_TASKS: tuple[tuple[str, str, str, list[str]], ...] = (
+    ("dbt_build_staging", "transform", "dbt build --select staging", []),
+    ("dbt_build_core", "transform", "dbt build --select core", ["dbt_build_staging"]),
+    ("dbt_test", "test", "dbt data tests and SQL checks", ["dbt_build_core"]),
+    ("publish_marts", "publish", "dbt build --select marts, emit OpenLineage", ["dbt_test"]),
+)
+
 FACT_WORDS = (
     "order",
     "item",
@@ -806,32 +814,9 @@ def plan_design(
             )
         )
     t_tasks = [
-        PipelineTask(name="dbt_build_staging", kind="transform", description="dbt build --select staging")
+        PipelineTask(name=name, kind=kind, description=description, upstream=upstream)
+        for name, kind, description, upstream in TRANSFORM_TASKS
     ]
-    t_tasks.append(
-        PipelineTask(
-            name="dbt_build_core",
-            kind="transform",
-            description="dbt build --select core",
-            upstream=["dbt_build_staging"],
-        )
-    )
-    t_tasks.append(
-        PipelineTask(
-            name="dbt_test",
-            kind="test",
-            description="dbt data tests and SQL checks",
-            upstream=["dbt_build_core"],
-        )
-    )
-    t_tasks.append(
-        PipelineTask(
-            name="publish_marts",
-            kind="publish",
-            description="dbt build --select marts, emit OpenLineage",
-            upstream=["dbt_test"],
-        )
-    )
     pipelines.append(
         Pipeline(
             name="transform_models",
