@@ -18,6 +18,7 @@ from agent.models import SOURCE_KINDS, DesignRequest, slugify
 from agent.redact import redact
 
 MAX_REQUEST_BYTES = 2_000_000
+MAX_GOAL_CHARS = 20_000  # DesignRequest.goal's limit
 
 _FRESHNESS_WORDS = {
     "real-time": 1.0,
@@ -321,6 +322,10 @@ def _find(words: dict[str, str], text: str) -> list[str]:
 
 def request_from_text(text: str, *, name: str | None = None) -> DesignRequest:
     """The offline extractor: keywords and patterns, every guess recorded as an assumption."""
+    if len(text) > MAX_GOAL_CHARS:  # before any pattern runs over it
+        raise RequestError(
+            f"the request text is {len(text):,} characters; the limit is {MAX_GOAL_CHARS:,}", field="goal"
+        )
     goal = redact(" ".join(text.split()))
     if not goal:
         raise RequestError("the request is empty", field="goal")
@@ -388,7 +393,7 @@ def request_from_text(text: str, *, name: str | None = None) -> DesignRequest:
     compliance = [c for c in ("gdpr", "hipaa", "pci", "ccpa", "sox") if re.search(rf"\b{c}\b", low)]
     pii_words = set()
     for m in re.finditer(
-        r"([a-z_ ,]+?)\s+(?:is|are|contain|contains)\s+(?:pii|personal data|sensitive)", low
+        r"\b([a-z_ ,]{1,120}?)\s+(?:is|are|contain|contains)\s+(?:pii|personal data|sensitive)", low
     ):
         for phrase in re.split(r",|\band\b", m.group(1)):
             pii_words.update(_pii_candidates(phrase))

@@ -345,10 +345,11 @@ def test_prompt_injection_in_policies_is_data(tmp_path: Path, memory_dir: Path) 
             assert line.startswith("- [evil.")
 
 
-def test_prompt_injection_in_memories_cannot_escape_its_block(tmp_path: Path, memory_dir: Path) -> None:
+def test_prompt_injection_in_memories_cannot_escape_its_block(tmp_path: Path) -> None:
     from agent.memory import MemoryStore
     from agent.models import Memory
 
+    memory_dir = tmp_path / "memory"  # a store of its own, so the planted memory is among the recalled
     store = MemoryStore(memory_dir)
     store.add(
         Memory(
