@@ -23,15 +23,20 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import math
+import os
+import pickle
 import re
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from agent import tokens
-from agent.models import ContextPack, DesignRequest, PackItem, PolicyRule, RecalledMemory
+from agent.models import ContextPack, DesignRequest, PackItem, Policy, PolicyRule, RecalledMemory
 from agent.steering import PolicySet
 
 DEFAULT_BUDGET = 4000
@@ -278,32 +283,214 @@ class _Candidate:
     tokens: int
 
 
-class _BM25:
-    """Okapi BM25 over pre-tokenised documents with an inverted index, so a query costs its postings."""
+_K1 = 1.2
+_B = 0.75
 
-    def __init__(self, docs: list[list[str]], k1: float = 1.2, b: float = 0.75):
-        self.n = len(docs)
-        avg = (sum(len(d) for d in docs) / self.n) if self.n else 1.0
-        self.postings: dict[str, list[tuple[int, float]]] = {}
-        for i, d in enumerate(docs):
-            norm = k1 * (1 - b + b * len(d) / (avg or 1.0))
-            for term, tf in Counter(d).items():
-                self.postings.setdefault(term, []).append((i, tf * (k1 + 1) / (tf + norm)))
+
+class _BM25:
+    """Okapi BM25 over documents given as per-file inverted postings (see ``_Facts``), so a query costs
+    only its terms' postings and nothing is built for terms no query asks about.
+
+    ``parts`` holds, for each file, the global index of its first document, its postings
+    ``{term: ((local doc, tf), ...)}`` and its documents' lengths; the arithmetic is the textbook one,
+    in the same order as a whole-corpus inverted index, so scores are bit-for-bit the same.
+    """
+
+    def __init__(
+        self, parts: list[tuple[int, dict[str, tuple[tuple[int, int], ...]], list[int]]], n: int, total: int
+    ):
+        self.n = n
+        self.parts = parts
+        self.avg = (total / n) if n else 1.0
+        self._terms: dict[str, tuple[float, list[tuple[int, float]]]] = {}
+
+    def _term(self, term: str) -> tuple[float, list[tuple[int, float]]]:
+        hit = self._terms.get(term)
+        if hit is None:
+            k1, b, avg = _K1, _B, self.avg or 1.0
+            post = []
+            for offset, postings, lens in self.parts:
+                p = postings.get(term)
+                if p:
+                    for i, tf in p:
+                        norm = k1 * (1 - b + b * lens[i] / avg)
+                        post.append((offset + i, tf * (k1 + 1) / (tf + norm)))
+            df = len(post)
+            hit = self._terms[term] = (math.log(1 + (self.n - df + 0.5) / (df + 0.5)), post)
+        return hit
 
     def idf(self, term: str) -> float:
-        df = len(self.postings.get(term, ()))
-        return math.log(1 + (self.n - df + 0.5) / (df + 0.5))
+        return self._term(term)[0]
 
     def scores(self, query: dict[str, float]) -> list[float]:
         out = [0.0] * self.n
         for term, weight in query.items():
-            post = self.postings.get(term)
+            idf, post = self._term(term)
             if not post:
                 continue
-            w = weight * self.idf(term)
+            w = weight * idf
             for i, part in post:
                 out[i] += w * part
         return out
+
+
+def _postings(docs: list[list[str]]) -> dict[str, tuple[tuple[int, int], ...]]:
+    acc: dict[str, list[tuple[int, int]]] = {}
+    for i, d in enumerate(docs):
+        for term, tf in Counter(d).items():
+            acc.setdefault(term, []).append((i, tf))
+    return {t: tuple(p) for t, p in acc.items()}
+
+
+@dataclass(slots=True)
+class _Facts:
+    """What the index needs from one policy, independent of the rest of the corpus: cached on disk per
+    file (by path + sha256 + code version) so a warm run never re-tokenises or re-stems a clause."""
+
+    clause_post: dict[str, tuple[tuple[int, int], ...]]
+    clause_len: list[int]
+    section_of: list[int]  # local section number of each clause
+    section_post: dict[str, tuple[tuple[int, int], ...]]
+    section_len: list[int]
+    policy_post: dict[str, tuple[tuple[int, int], ...]]
+    policy_len: list[int]
+    subjects: list[tuple[str, ...]]
+    tag_stems: list[tuple[str, ...]]
+    line_tokens: dict[str, list[int]]  # per encoding
+    section_cost: dict[str, dict[str, int]]  # per encoding: section title -> tokens of its heading
+    policy_cost: dict[str, int]  # per encoding
+
+
+def _facts_of(p: Policy) -> _Facts:
+    section_keys: dict[str, int] = {}
+    section_docs: list[list[str]] = []
+    section_of: list[int] = []
+    for sec in p.sections:
+        if sec.title not in section_keys:
+            section_keys[sec.title] = len(section_docs)
+            # a section is its title (twice: titles are dense) and the words of its clauses
+            section_docs.append(terms(f"{sec.title} {sec.title} {p.title}"))
+        section_docs[section_keys[sec.title]].extend(t for r in sec.rules for t in terms(r.text))
+        section_of.extend(section_keys[sec.title] for _ in sec.rules)
+    rules = [r for sec in p.sections for r in sec.rules]
+    clause_docs = [terms(f"{r.text} {r.section} {' '.join(r.tags)}") for r in rules]
+    policy_doc = terms(f"{p.title} {p.title} {p.kind} {' '.join(p.applies_to)}")
+    for doc in clause_docs:
+        policy_doc.extend(doc)
+    return _Facts(
+        clause_post=_postings(clause_docs),
+        clause_len=[len(d) for d in clause_docs],
+        section_of=section_of,
+        section_post=_postings(section_docs),
+        section_len=[len(d) for d in section_docs],
+        policy_post=_postings([policy_doc]),
+        policy_len=[len(policy_doc)],
+        subjects=[tuple(terms(r.text)[:2]) for r in rules],
+        tag_stems=[tuple(sorted({stem(t) for t in set(r.tags) - {"all"}})) for r in rules],
+        line_tokens={},
+        section_cost={},
+        policy_cost={},
+    )
+
+
+def _with_tokens(f: _Facts, p: Policy, encoding: str) -> bool:
+    """Fill the token counts for ``encoding``; True when something was computed."""
+    if encoding in f.line_tokens:
+        return False
+    f.line_tokens[encoding] = tokens.count_many([f"- [{r.id}] {r.text}\n" for r in p.rules], encoding)
+    f.section_cost[encoding] = {sec.title: tokens.count(f"### {sec.title}\n", encoding) for sec in p.sections}
+    f.policy_cost[encoding] = tokens.count(f"\n## {p.title} [{p.id}]\n", encoding)
+    return True
+
+
+# The persistent index cache: {source: _Facts}, one pickle beside the parse cache (same directory, same
+# off switch), named by this module's and the parser's source hash so a new version never reads an old
+# format. Written atomically, only when something changed; an unreadable file is a cold cache.
+_FACTS: dict[str, _Facts] | None = None
+_FACTS_DIRTY = False
+
+
+def _facts_file() -> Path | None:
+    from agent.steering import cache_file
+
+    parse_cache = cache_file()
+    if parse_cache is None:
+        return None
+    h = hashlib.sha256(parse_cache.name.encode())
+    with contextlib.suppress(OSError):
+        h.update(Path(__file__).read_bytes())
+    return parse_cache.with_name(f"pack-index-{h.hexdigest()[:16]}.pkl")
+
+
+def _facts_store() -> dict[str, _Facts]:
+    global _FACTS
+    if _FACTS is None:
+        _FACTS = {}
+        path = _facts_file()
+        if path is not None and path.is_file():
+            try:
+                with open(path, "rb") as fh:
+                    paused = gc.isenabled()
+                    gc.disable()  # a GC pass per allocation burst triples the load time
+                    try:
+                        # our own file in the user's data dir, versioned by code hash
+                        data = pickle.load(fh)
+                    finally:
+                        if paused:
+                            gc.enable()
+                if isinstance(data, dict):
+                    _FACTS = data
+            except Exception:  # noqa: BLE001 - a corrupt cache is a cold cache, never an error
+                _FACTS = {}
+    return _FACTS
+
+
+def _flush_facts() -> None:
+    global _FACTS_DIRTY
+    path = _facts_file()
+    if not _FACTS_DIRTY or _FACTS is None or path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".pack-index-", suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            pickle.dump(_FACTS, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+        _FACTS_DIRTY = False
+    except OSError:
+        pass  # a read-only data dir only costs speed
+
+
+def _pristine(source: str, policy: Policy) -> bool:
+    """The source key describes this policy only while it is the very object the loader cached for that
+    file and digest; a copy (``model_copy(deep=True)`` and then edited) is indexed afresh, never cached."""
+    from agent.steering import _CACHE
+
+    path, _, digest = source.rpartition(":")
+    entry = _CACHE.get(path)
+    return entry is not None and entry[2] is policy and entry[1] == digest
+
+
+def _policy_facts(policies: PolicySet, encoding: str) -> list[_Facts]:
+    global _FACTS_DIRTY
+    sources = getattr(policies, "sources", None) or []
+    keyed = len(sources) == len(policies.policies)
+    store = _facts_store() if keyed and any(sources) else None
+    out = []
+    for n, p in enumerate(policies.policies):
+        source = sources[n] if keyed and _pristine(sources[n], p) else ""
+        f = store.get(source) if store is not None and source else None
+        if f is None:
+            f = _facts_of(p)
+            if store is not None and source:
+                store[source] = f
+                _FACTS_DIRTY = True
+        if _with_tokens(f, p, encoding) and store is not None and source:
+            _FACTS_DIRTY = True
+        out.append(f)
+    if store is not None:
+        _flush_facts()
+    return out
 
 
 @dataclass
@@ -333,51 +520,59 @@ def _index(policies: PolicySet, encoding: str) -> _Index:
     cached = getattr(policies, "_pack_index", None)
     if cached is not None and cached.key == key:
         return cached
-    titles = [p.title for p in policies.policies for _ in p.rules]
-    section_keys: dict[tuple[str, str], int] = {}
-    section_docs: list[list[str]] = []
-    section_of = []
-    for p in policies.policies:
-        for sec in p.sections:
-            k = (p.id, sec.title)
-            if k not in section_keys:
-                section_keys[k] = len(section_docs)
-                # a section is its title (twice: titles are dense) and the words of its clauses
-                section_docs.append(terms(f"{sec.title} {sec.title} {p.title}"))
-            section_docs[section_keys[k]].extend(t for r in sec.rules for t in terms(r.text))
-            section_of.extend(section_keys[k] for _ in sec.rules)
-    clause_docs = [terms(f"{r.text} {r.section} {' '.join(r.tags)}") for r in rules]
+    facts = _policy_facts(policies, encoding)
+    titles: list[str] = []
+    section_of: list[int] = []
     policy_of: list[int] = []
-    policy_docs: list[list[str]] = []
-    for n, p in enumerate(policies.policies):
-        policy_docs.append(terms(f"{p.title} {p.title} {p.kind} {' '.join(p.applies_to)}"))
-        policy_of.extend(n for _ in p.rules)
-    for i, doc in enumerate(clause_docs):
-        policy_docs[policy_of[i]].extend(doc)
-    lines = [f"- [{r.id}] {r.text}\n" for r in rules]
+    clause_parts, section_parts, policy_parts = [], [], []
+    n_clause = n_section = 0
+    len_clause = len_section = len_policy = 0
+    line_tokens: list[int] = []
+    subjects: list[tuple[str, ...]] = []
+    section_cost: dict[tuple[str, str], int] = {}
+    policy_cost: dict[str, int] = {}
+    tag_sets: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[frozenset[str], frozenset[str]]] = {}
+    tags = []
+    for n, (p, f) in enumerate(zip(policies.policies, facts)):
+        count = len(f.clause_len)
+        titles.extend(p.title for _ in range(count))
+        section_of.extend(n_section + s for s in f.section_of)
+        policy_of.extend(n for _ in range(count))
+        clause_parts.append((n_clause, f.clause_post, f.clause_len))
+        section_parts.append((n_section, f.section_post, f.section_len))
+        policy_parts.append((n, f.policy_post, f.policy_len))
+        n_clause += count
+        n_section += len(f.section_len)
+        len_clause += sum(f.clause_len)
+        len_section += sum(f.section_len)
+        len_policy += f.policy_len[0]
+        line_tokens.extend(f.line_tokens[encoding])
+        subjects.extend(f.subjects)
+        for title, cost in f.section_cost[encoding].items():
+            section_cost[(p.id, title)] = cost
+        policy_cost[p.id] = f.policy_cost[encoding]
+    for r, stems in zip(rules, (s for f in facts for s in f.tag_stems)):
+        k = (tuple(r.tags), stems)
+        t = tag_sets.get(k)
+        if t is None:
+            t = tag_sets[k] = (frozenset(set(r.tags) - {"all"}), frozenset(stems))
+        tags.append(t)
     index = _Index(
         key=key,
         rules=rules,
         titles=titles,
         order={r.id: i for i, r in enumerate(rules)},
         section_of=section_of,
-        clause_bm25=_BM25(clause_docs),
-        section_bm25=_BM25(section_docs),
+        clause_bm25=_BM25(clause_parts, n_clause, len_clause),
+        section_bm25=_BM25(section_parts, n_section, len_section),
         policy_of=policy_of,
-        policy_bm25=_BM25(policy_docs),
-        lines=lines,
-        line_tokens=tokens.count_many(lines, encoding),
-        tags=[
-            (frozenset(set(r.tags) - {"all"}), frozenset(stem(t) for t in set(r.tags) - {"all"}))
-            for r in rules
-        ],
-        section_cost={
-            (p.id, sec.title): tokens.count(f"### {sec.title}\n", encoding)
-            for p in policies.policies
-            for sec in p.sections
-        },
-        subjects=[tuple(terms(r.text)[:2]) for r in rules],
-        policy_cost={p.id: tokens.count(f"\n## {p.title} [{p.id}]\n", encoding) for p in policies.policies},
+        policy_bm25=_BM25(policy_parts, len(policies.policies), len_policy),
+        lines=[f"- [{r.id}] {r.text}\n" for r in rules],
+        line_tokens=line_tokens,
+        tags=tags,
+        section_cost=section_cost,
+        subjects=subjects,
+        policy_cost=policy_cost,
     )
     with contextlib.suppress(
         AttributeError

@@ -9,6 +9,7 @@ still loads; only when nothing at all loads is it an error.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import os
 import pickle
@@ -47,6 +48,9 @@ class PolicySet:
     root: Path
     policies: list[Policy] = field(default_factory=list)
     problems: list[LoadProblem] = field(default_factory=list)
+    # one per policy, parallel to ``policies``: "<absolute path>:<sha256 of its bytes>", which (with the
+    # parser's version) determines the parsed Policy; the packer keys its persistent index cache on it
+    sources: list[str] = field(default_factory=list)
 
     @property
     def rules(self) -> list[PolicyRule]:
@@ -115,7 +119,14 @@ def _disk() -> dict[str, _Entry]:
         if path is not None and path.is_file():
             try:
                 with open(path, "rb") as fh:
-                    data = pickle.load(fh)  # our own file in the user's data dir, versioned by parser hash
+                    paused = gc.isenabled()
+                    gc.disable()  # a GC pass per allocation burst triples the load time
+                    try:
+                        # our own file in the user's data dir, versioned by parser hash
+                        data = pickle.load(fh)
+                    finally:
+                        if paused:
+                            gc.enable()
                 if isinstance(data, dict):
                     _DISK = data
             except Exception:  # noqa: BLE001 - a corrupt cache is a cold cache, never an error
@@ -164,7 +175,7 @@ def load_policies(context: str | Path | None = None) -> PolicySet:
         raise PolicyError("no policy files found (.md, .yaml, .yml, .txt)", path=root)
     seen_ids: dict[str, str] = {}
     for path in files:
-        policy, problems = load_policy_file(path, root)
+        source, (policy, problems) = _load_policy_file(path, root)
         result.problems.extend(problems)
         if policy is None:
             continue
@@ -181,6 +192,7 @@ def load_policies(context: str | Path | None = None) -> PolicySet:
             continue
         seen_ids[policy.id] = str(path)
         result.policies.append(policy)
+        result.sources.append(source)
     _flush_disk()
     if not result.policies:
         detail = "; ".join(str(p) for p in result.problems[:3]) or "no normative clauses"
@@ -234,38 +246,46 @@ def _walk(root: Path, problems: list[LoadProblem]) -> Iterable[Path]:
 
 
 def load_policy_file(path: Path, root: Path | None = None) -> tuple[Policy | None, list[LoadProblem]]:
+    return _load_policy_file(path, root)[1]
+
+
+def _load_policy_file(path: Path, root: Path | None) -> tuple[str, tuple[Policy | None, list[LoadProblem]]]:
+    """The file's cache identity ("<absolute path>:<sha256>", or "" when unread) and what it yielded."""
     try:
         st = path.stat()
     except OSError as exc:
-        return None, [LoadProblem(path=str(path), message=f"cannot read: {exc.strerror or exc}")]
+        return "", (None, [LoadProblem(path=str(path), message=f"cannot read: {exc.strerror or exc}")])
     if st.st_size > MAX_POLICY_BYTES:
-        return None, [
-            LoadProblem(
-                path=str(path),
-                message=(
-                    f"file is {st.st_size:,} bytes, over the {MAX_POLICY_BYTES:,}-byte limit for a policy; skipped"
-                ),
-            )
-        ]
+        return "", (
+            None,
+            [
+                LoadProblem(
+                    path=str(path),
+                    message=(
+                        f"file is {st.st_size:,} bytes, over the {MAX_POLICY_BYTES:,}-byte limit for a policy; skipped"
+                    ),
+                )
+            ],
+        )
     stamp = (st.st_mtime_ns, st.st_size)
     key = str(path.absolute())
     cached = _CACHE.get(key)
     if cached and cached[0] == stamp:
-        return _copy(cached)
+        return f"{key}:{cached[1]}", _copy(cached)
     if cached is None and (cached := _disk().get(key)) and cached[0] == stamp:
         _CACHE[key] = cached
-        return _copy(cached)
+        return f"{key}:{cached[1]}", _copy(cached)
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        return None, [LoadProblem(path=str(path), message=f"cannot read: {exc.strerror or exc}")]
+        return "", (None, [LoadProblem(path=str(path), message=f"cannot read: {exc.strerror or exc}")])
     digest = hashlib.sha256(raw).hexdigest()
     if cached and cached[1] == digest:
         _remember(key, (stamp, digest, cached[2], cached[3]))
-        return _copy(cached)
+        return f"{key}:{digest}", _copy(cached)
     policy, problems = parse_policy_bytes(raw, path, root)
     _remember(key, (stamp, digest, policy, problems))
-    return _copy(_CACHE[key])
+    return f"{key}:{digest}", _copy(_CACHE[key])
 
 
 def _copy(entry: _Entry) -> tuple[Policy | None, list[LoadProblem]]:
