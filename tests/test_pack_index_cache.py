@@ -88,3 +88,19 @@ def test_changed_file_is_reindexed(cache_dir, tmp_path):
     ps = load_policies(ctx)
     result = pack(ps, query="zanzibarquux", budget=300)
     assert "zanzibarquux" in result.text and "retry" not in result.text
+
+
+def test_fast_policy_item_is_model_construct():
+    from agent.models import PackItem
+
+    assert compress._FAST_ITEMS
+    fast = compress._policy_item("p.s.1", "dropped", "why", 12, 0.5)
+    slow = PackItem.model_construct(
+        id="p.s.1", origin="policy", status="dropped", reason="why", tokens=12, score=0.5
+    )
+    assert fast == slow
+    assert fast.model_dump() == slow.model_dump()
+    assert fast.model_fields_set == slow.model_fields_set
+    assert fast.model_dump_json() == slow.model_dump_json()
+    fast.status = "kept"  # assignment still works, as on any model
+    assert fast.status == "kept"
