@@ -38,8 +38,10 @@ import copy
 import fcntl
 import hashlib
 import json
+import marshal
 import os
 import random
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -432,7 +434,8 @@ class MemoryStore:
     def _seed_starters(self, collection: Collection) -> None:
         from agent.starters import starter_memories
 
-        self._upsert(collection, starter_memories())
+        memories = starter_memories()
+        self._upsert(collection, memories, _starter_embeddings(self.embedder, memories))
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -768,6 +771,60 @@ class MemoryStore:
         with self._thread_lock:
             if self._depth == 0:
                 self._release_client()
+
+
+_STARTER_VECTORS: dict[str, list[list[float]]] = {}
+
+
+def _starter_embeddings(embedder: HashingEmbedder, memories: Sequence[Memory]) -> list[list[float]] | None:
+    """The starters' embeddings, a pure function of the embedder and the texts: computed once, then read
+    back from this process or from the user cache dir (``starter-embeddings-<hash>.marshal``, atomic write,
+    an unreadable or mis-shaped file is recomputed). None for an embedder of another type (embedded fresh)."""
+    if type(embedder) is not HashingEmbedder or not memories:
+        return None
+    h = hashlib.sha256(f"{type(embedder).__qualname__}\0{embedder.name}\0{embedder.dimension}".encode())
+    for module in (HashingEmbedder.__module__, "agent.compress"):  # its code (and its tokenizer's) is key
+        with contextlib.suppress(OSError, KeyError, TypeError):
+            h.update(Path(sys.modules[module].__file__).read_bytes())  # type: ignore[arg-type]
+    for m in memories:
+        h.update(b"\0" + m.text.encode())
+    key = h.hexdigest()[:20]
+    if (hit := _STARTER_VECTORS.get(key)) is not None:
+        return hit
+    where = os.environ.get("DATA_AGENT_CACHE_DIR")
+    if where and where.lower() in ("off", "0", "none", "false"):
+        path = None
+    else:
+        from agent.resources import user_data_dir
+
+        path = (Path(where) if where else user_data_dir() / "cache") / f"starter-embeddings-{key}.marshal"
+
+    def well_formed(data: Any) -> bool:
+        return (
+            isinstance(data, list)
+            and len(data) == len(memories)
+            and all(
+                isinstance(v, list) and len(v) == embedder.dimension and all(type(x) is float for x in v)
+                for v in data
+            )
+        )
+
+    vectors = None
+    if path is not None:
+        with contextlib.suppress(Exception):  # a corrupt cache is a cold cache
+            data = marshal.loads(path.read_bytes())
+            if well_formed(data):
+                vectors = data
+    if vectors is None:
+        vectors = embedder.embed([m.text for m in memories])
+        if path is not None:
+            with contextlib.suppress(OSError):  # a read-only cache dir only costs speed
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+                tmp.write_bytes(marshal.dumps(vectors))
+                os.replace(tmp, path)
+    _STARTER_VECTORS[key] = vectors
+    return vectors
 
 
 def _matches(memory: Memory, cutoff: datetime | None, kind: str | None, where: dict[str, str]) -> bool:
