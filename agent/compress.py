@@ -504,7 +504,11 @@ def _policy_facts(policies: PolicySet, encoding: str) -> list[_Facts]:
         if _with_tokens(f, p, encoding) and store is not None and source:
             _FACTS_DIRTY = True
         out.append(f)
-    if store is not None:
+    if store is not None and _FACTS_DIRTY:
+        # an edited file's older versions are dead weight: keep one entry per path
+        current = {src.rpartition(":")[0]: src for src in sources if src}
+        for stale in [k for k in store if current.get(k.rpartition(":")[0], k) != k]:
+            del store[stale]
         _flush_facts()
     return out
 

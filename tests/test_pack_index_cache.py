@@ -88,6 +88,7 @@ def test_changed_file_is_reindexed(cache_dir, tmp_path):
     ps = load_policies(ctx)
     result = pack(ps, query="zanzibarquux", budget=300)
     assert "zanzibarquux" in result.text and "retry" not in result.text
+    assert [k for k in compress._FACTS if k.startswith(f"{f.absolute()}:")] == [ps.sources[0]]
 
 
 def test_fast_policy_item_is_model_construct():
