@@ -25,10 +25,7 @@ import contextlib
 import gc
 import hashlib
 import math
-import os
-import pickle
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -36,6 +33,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from agent import tokens
+from agent.diskcache import load_pickle, save_pickle
 from agent.models import ContextPack, DesignRequest, PackItem, Policy, PolicyRule, RecalledMemory
 from agent.steering import PolicySet
 
@@ -441,23 +439,7 @@ def _facts_file() -> Path | None:
 def _facts_store() -> dict[str, _Facts]:
     global _FACTS
     if _FACTS is None:
-        _FACTS = {}
-        path = _facts_file()
-        if path is not None and path.is_file():
-            try:
-                with open(path, "rb") as fh:
-                    paused = gc.isenabled()
-                    gc.disable()  # a GC pass per allocation burst triples the load time
-                    try:
-                        # our own file in the user's data dir, versioned by code hash
-                        data = pickle.load(fh)
-                    finally:
-                        if paused:
-                            gc.enable()
-                if isinstance(data, dict):
-                    _FACTS = data
-            except Exception:  # noqa: BLE001 - a corrupt cache is a cold cache, never an error
-                _FACTS = {}
+        _FACTS = load_pickle(_facts_file())
     return _FACTS
 
 
@@ -466,15 +448,8 @@ def _flush_facts() -> None:
     path = _facts_file()
     if not _FACTS_DIRTY or _FACTS is None or path is None:
         return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".pack-index-", suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            pickle.dump(_FACTS, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
+    if save_pickle(path, _FACTS, prefix=".pack-index-"):
         _FACTS_DIRTY = False
-    except OSError:
-        pass  # a read-only data dir only costs speed
 
 
 def _pristine(source: str, policy: Policy) -> bool:

@@ -9,18 +9,16 @@ still loads; only when nothing at all loads is it an error.
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import os
-import pickle
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from agent.diskcache import load_pickle, save_pickle
 from agent.errors import PolicyError
 from agent.models import LoadProblem, Policy, PolicyRule, PolicySection, slugify
 
@@ -114,23 +112,7 @@ def cache_file() -> Path | None:
 def _disk() -> dict[str, _Entry]:
     global _DISK
     if _DISK is None:
-        _DISK = {}
-        path = cache_file()
-        if path is not None and path.is_file():
-            try:
-                with open(path, "rb") as fh:
-                    paused = gc.isenabled()
-                    gc.disable()  # a GC pass per allocation burst triples the load time
-                    try:
-                        # our own file in the user's data dir, versioned by parser hash
-                        data = pickle.load(fh)
-                    finally:
-                        if paused:
-                            gc.enable()
-                if isinstance(data, dict):
-                    _DISK = data
-            except Exception:  # noqa: BLE001 - a corrupt cache is a cold cache, never an error
-                _DISK = {}
+        _DISK = load_pickle(cache_file())
     return _DISK
 
 
@@ -148,15 +130,8 @@ def _flush_disk() -> None:
     path = cache_file()
     if not _DISK_DIRTY or _DISK is None or path is None:
         return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".policies-", suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            pickle.dump(_DISK, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
+    if save_pickle(path, _DISK, prefix=".policies-"):
         _DISK_DIRTY = False
-    except OSError:
-        pass  # a read-only data dir only costs speed
 
 
 def load_policies(context: str | Path | None = None) -> PolicySet:

@@ -42,7 +42,12 @@ def cli() -> list[str]:
 
 def bench_help(runs: int) -> dict:
     t, _ = median_of(runs, lambda: wall([*cli(), "--help"]))
-    return {"metric": "data-agent --help", "value_ms": round(t * 1000, 1), "goal": "<= 150 ms", "ok": t <= 0.150}
+    return {
+        "metric": "data-agent --help",
+        "value_ms": round(t * 1000, 1),
+        "goal": "<= 150 ms",
+        "ok": t <= 0.150,
+    }
 
 
 def bench_cold_design(runs: int) -> list[dict]:
@@ -59,11 +64,19 @@ def bench_cold_design(runs: int) -> list[dict]:
 
     design, _ = median_of(runs, one)
     return [
-        {"metric": "import floor (chromadb, tiktoken, jinja2, yaml, sqlglot)", "value_ms": round(floor * 1000, 1),
-         "goal": "reference", "ok": True},
-        {"metric": "data-agent design (cold, fresh memory)", "value_ms": round(design * 1000, 1),
-         "goal": f"<= 1.3 x floor = {floor * 1.3 * 1000:.0f} ms", "ok": design <= floor * 1.3,
-         "ratio": round(design / floor, 2)},
+        {
+            "metric": "import floor (chromadb, tiktoken, jinja2, yaml, sqlglot)",
+            "value_ms": round(floor * 1000, 1),
+            "goal": "reference",
+            "ok": True,
+        },
+        {
+            "metric": "data-agent design (cold, fresh memory)",
+            "value_ms": round(design * 1000, 1),
+            "goal": f"<= 1.3 x floor = {floor * 1.3 * 1000:.0f} ms",
+            "ok": design <= floor * 1.3,
+            "ratio": round(design / floor, 2),
+        },
     ]
 
 
@@ -83,8 +96,12 @@ def bench_warm_design() -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     t = statistics.median(samples)
-    return {"metric": "second design in one process (median of 5)", "value_ms": round(t * 1000, 1),
-            "goal": "<= 150 ms", "ok": t <= 0.150}
+    return {
+        "metric": "second design in one process (median of 5)",
+        "value_ms": round(t * 1000, 1),
+        "goal": "<= 150 ms",
+        "ok": t <= 0.150,
+    }
 
 
 def bench_warm_other_design() -> dict:
@@ -105,8 +122,12 @@ def bench_warm_other_design() -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     t = statistics.median(samples)
-    return {"metric": f"next design of a different request, one process (median of {len(samples)})",
-            "value_ms": round(t * 1000, 1), "goal": "<= 150 ms", "ok": t <= 0.150}
+    return {
+        "metric": f"next design of a different request, one process (median of {len(samples)})",
+        "value_ms": round(t * 1000, 1),
+        "goal": "<= 150 ms",
+        "ok": t <= 0.150,
+    }
 
 
 def bench_batch(n: int, jobs: int) -> dict:
@@ -115,21 +136,42 @@ def bench_batch(n: int, jobs: int) -> dict:
     tmp = tempfile.mkdtemp()
     env = {**os.environ, "DATA_AGENT_MEMORY_DIR": f"{tmp}/mem"}
     try:
-        cmd = ["/usr/bin/time", "-f", "%M", *cli(), "design", *requests, "--out", f"{tmp}/out", "--jobs", str(jobs),
-               "--json"]
+        cmd = [
+            "/usr/bin/time",
+            "-f",
+            "%M",
+            *cli(),
+            "design",
+            *requests,
+            "--out",
+            f"{tmp}/out",
+            "--jobs",
+            str(jobs),
+            "--json",
+        ]
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         elapsed = time.perf_counter() - start
         if proc.returncode != 0:
-            return {"metric": f"{n} designs --jobs {jobs}", "value_ms": None, "goal": ">= 10/s, < 300 MB",
-                    "ok": False, "error": proc.stderr.strip().splitlines()[-1:]}
+            return {
+                "metric": f"{n} designs --jobs {jobs}",
+                "value_ms": None,
+                "goal": ">= 10/s, < 300 MB",
+                "ok": False,
+                "error": proc.stderr.strip().splitlines()[-1:],
+            }
         peak_mb = int(proc.stderr.strip().splitlines()[-1]) / 1024
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     rate = n / elapsed
-    return {"metric": f"{n} designs, --jobs {jobs} (designs/s; peak RSS MB)", "value_ms": round(elapsed * 1000, 1),
-            "rate_per_s": round(rate, 1), "peak_mb": round(peak_mb, 1), "goal": ">= 10/s, < 300 MB",
-            "ok": rate >= 10 and peak_mb < 300}
+    return {
+        "metric": f"{n} designs, --jobs {jobs} (designs/s; peak RSS MB)",
+        "value_ms": round(elapsed * 1000, 1),
+        "rate_per_s": round(rate, 1),
+        "peak_mb": round(peak_mb, 1),
+        "goal": ">= 10/s, < 300 MB",
+        "ok": rate >= 10 and peak_mb < 300,
+    }
 
 
 def make_policy_dir(root: Path, files: int) -> None:
@@ -146,17 +188,32 @@ def bench_big_context(files: int) -> list[dict]:
         make_policy_dir(tmp / "ctx", files)
         size_mb = sum(p.stat().st_size for p in (tmp / "ctx").iterdir()) / 1e6
         env = {**os.environ, "XDG_CACHE_HOME": str(tmp / "cache"), "XDG_DATA_HOME": str(tmp / "data")}
-        cmd = [*cli(), "context", "Postgres CDC into Snowflake hourly with PII", "--context", str(tmp / "ctx"),
-               "--no-memory", "--json"]
+        cmd = [
+            *cli(),
+            "context",
+            "Postgres CDC into Snowflake hourly with PII",
+            "--context",
+            str(tmp / "ctx"),
+            "--no-memory",
+            "--json",
+        ]
         cold = wall(cmd, env=env)
         warm, _ = median_of(3, lambda: wall(cmd, env=env))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return [
-        {"metric": f"context over {files} policy files ({size_mb:.1f} MB), cold", "value_ms": round(cold * 1000, 1),
-         "goal": "<= 2000 ms", "ok": cold <= 2.0},
-        {"metric": f"context over {files} policy files, warm cache", "value_ms": round(warm * 1000, 1),
-         "goal": "<= 300 ms", "ok": warm <= 0.3},
+        {
+            "metric": f"context over {files} policy files ({size_mb:.1f} MB), cold",
+            "value_ms": round(cold * 1000, 1),
+            "goal": "<= 2000 ms",
+            "ok": cold <= 2.0,
+        },
+        {
+            "metric": f"context over {files} policy files, warm cache",
+            "value_ms": round(warm * 1000, 1),
+            "goal": "<= 300 ms",
+            "ok": warm <= 0.3,
+        },
     ]
 
 
@@ -167,8 +224,14 @@ def main() -> int:
     args = ap.parse_args()
     runs = 3 if args.quick else 5
     jobs = os.cpu_count() or 2
-    rows = [bench_help(runs), *bench_cold_design(runs), bench_warm_design(), bench_warm_other_design(),
-            bench_batch(40 if args.quick else 100, jobs), *bench_big_context(1000 if args.quick else 5000)]
+    rows = [
+        bench_help(runs),
+        *bench_cold_design(runs),
+        bench_warm_design(),
+        bench_warm_other_design(),
+        bench_batch(40 if args.quick else 100, jobs),
+        *bench_big_context(1000 if args.quick else 5000),
+    ]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     machine = {"nproc": os.cpu_count(), "python": sys.version.split()[0]}
     RESULTS.write_text(json.dumps({"machine": machine, "quick": args.quick, "rows": rows}, indent=2) + "\n")
@@ -181,7 +244,9 @@ def main() -> int:
                 extra = f"  ({r['rate_per_s']}/s, {r['peak_mb']} MB)"
             if "ratio" in r:
                 extra = f"  ({r['ratio']}x floor)"
-            print(f"{'ok ' if r['ok'] else 'MISS'} {r['metric']:70} {r['value_ms']!s:>9} ms{extra}   goal {r['goal']}")
+            print(
+                f"{'ok ' if r['ok'] else 'MISS'} {r['metric']:70} {r['value_ms']!s:>9} ms{extra}   goal {r['goal']}"
+            )
     return 0
 
 
