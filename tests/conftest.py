@@ -33,6 +33,21 @@ _SCRUB = (
 )
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """In-process code under test never reads or writes the real user's data, cache or memory."""
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="data-agent-tests-"))
+    os.environ.update(
+        DATA_AGENT_CACHE_DIR=str(base / "cache"),
+        DATA_AGENT_MEMORY_DIR=str(base / "memory"),
+        XDG_DATA_HOME=str(base / "xdg-data"),
+        XDG_CACHE_HOME=str(base / "xdg-cache"),
+    )
+    for key in ("DATA_AGENT_MEMORY_URL", "DATA_AGENT_CONTEXT", "CLAUDE_PLUGIN_DATA", "ANTHROPIC_API_KEY"):
+        os.environ.pop(key, None)
+
+
 def isolated_env(home: Path) -> dict[str, str]:
     """The current environment with every user-state location moved under ``home``."""
     env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
