@@ -174,6 +174,30 @@ def bench_batch(n: int, jobs: int) -> dict:
     }
 
 
+def bench_session_start(runs: int) -> dict:
+    """The plugin's SessionStart hook when the runtime is already installed for this version."""
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        version = json.loads((REPO / ".claude-plugin" / "plugin.json").read_text())["version"]
+        venv_bin = tmp / "venv" / "bin"
+        venv_bin.mkdir(parents=True)
+        (venv_bin / "data-agent").write_text("#!/bin/sh\nexit 0\n")
+        (venv_bin / "data-agent").chmod(0o755)
+        (tmp / "venv" / ".data-agent-version").write_text(version)
+        env = {**os.environ, "CLAUDE_PLUGIN_ROOT": str(REPO), "CLAUDE_PLUGIN_DATA": str(tmp)}
+        t, _ = median_of(
+            max(runs, 7), lambda: wall(["bash", str(REPO / "hooks" / "session-start.sh")], env=env)
+        )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "metric": "plugin SessionStart hook, runtime current (no-op)",
+        "value_ms": round(t * 1000, 1),
+        "goal": "<= 200 ms",
+        "ok": t <= 0.200,
+    }
+
+
 def make_policy_dir(root: Path, files: int) -> None:
     root.mkdir(parents=True, exist_ok=True)
     clauses = (REPO / "context" / "schema-standards.md").read_text().split("\n## ")[1:]
@@ -226,6 +250,7 @@ def main() -> int:
     jobs = os.cpu_count() or 2
     rows = [
         bench_help(runs),
+        bench_session_start(runs),
         *bench_cold_design(runs),
         bench_warm_design(),
         bench_warm_other_design(),
