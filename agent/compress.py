@@ -9,10 +9,11 @@ its room); the rest are ranked by
   + 0.3 x BM25(its document: title, kind, scope + clauses)   normalised to the best document
   + 0.35 when its scope tags match the request (-0.25 when scoped elsewhere)
   + 0.15 x modality weight (MUST/SHALL/NEVER 1.0 ... MAY 0.4)
+  + 0.3 x specificity (mean corpus IDF of its words, scaled to the most specific clause)
   - 0.05 per better-ranked clause with the same subject (first two content words), at most 5
 
 over lightly stemmed words, with the request expanded by a small data-platform synonym table (weight
-0.5). Clauses are taken greedily by rank while they and any new heading fit, then rendered in document
+0.5, matched on stems so every inflection of a word finds its bridges). Clauses are taken greedily by rank while they and any new heading fit, then rendered in document
 order under their policy and section headings; the exact token count of the final text has the last word.
 
 The budget is split between policies and memories (``POLICY_SHARE``); whatever one side does not use is
@@ -507,6 +508,29 @@ class _Index:
     section_cost: dict[tuple[str, str], int]
     subjects: list[tuple[str, ...]]
     policy_cost: dict[str, int]
+    specificity: list[float]
+
+
+def _specificity(parts: list[tuple[int, dict[str, tuple[tuple[int, int], ...]], list[int]]], n: int) -> list[float]:
+    """How specific each clause is, 0..1: the mean IDF of its distinct words over the whole corpus, scaled
+    to the most specific clause. Boilerplate that a corpus repeats across hundreds of clauses ("... MUST be
+    reviewed every 90 days") scores low; a clause with its own numbers and terms of art scores high."""
+    df: Counter[str] = Counter()
+    for _, postings, _ in parts:
+        for term, post in postings.items():
+            df[term] += len(post)
+    idf = {t: math.log(1 + (n - d + 0.5) / (d + 0.5)) for t, d in df.items()}
+    total = [0.0] * n
+    distinct = [0] * n
+    for offset, postings, _ in parts:
+        for term, post in postings.items():
+            w = idf[term]
+            for i, _tf in post:
+                total[offset + i] += w
+                distinct[offset + i] += 1
+    mean = [t / d if d else 0.0 for t, d in zip(total, distinct)]
+    top = max(mean, default=0.0) or 1.0
+    return [m / top for m in mean]
 
 
 def _index(policies: PolicySet, encoding: str) -> _Index:
@@ -553,6 +577,7 @@ def _index(policies: PolicySet, encoding: str) -> _Index:
             t = tag_sets[k] = (frozenset(set(r.tags) - {"all"}), frozenset(stems))
         tags.append(t)
     index = _Index(
+        specificity=_specificity(clause_parts, n_clause),
         key=key,
         rules=rules,
         titles=titles,
@@ -585,10 +610,25 @@ def expand_query(text: str) -> dict[str, float]:
     # should not let them drown the words it says once ("kafka")
     out.update({t: 1.0 + math.log(n) for t, n in counts.items()})
     for w in words:
-        for syn in SYNONYMS.get(w, ()) + SYNONYMS.get(stem(w), ()):
-            t = stem(syn)
+        for t in _STEMMED_SYNONYMS.get(stem(w), ()):
             out[t] = max(out.get(t, 0.0), 0.5)
     return out
+
+
+def _stemmed_synonyms() -> dict[str, tuple[str, ...]]:
+    """SYNONYMS keyed and valued by stems, so every inflection of a key finds its bridges ("failures"
+    and "failed" as well as "failure"), not just the spelling the table happens to use."""
+    acc: dict[str, list[str]] = {}
+    for key, syns in SYNONYMS.items():
+        bucket = acc.setdefault(stem(key), [])
+        for syn in syns:
+            t = stem(syn)
+            if t not in bucket:
+                bucket.append(t)
+    return {k: tuple(v) for k, v in acc.items()}
+
+
+_STEMMED_SYNONYMS = _stemmed_synonyms()
 
 
 # How much a clause borrows from its section's and its document's relevance: a request about backfills
@@ -596,6 +636,7 @@ def expand_query(text: str) -> dict[str, float]:
 SECTION_WEIGHT = 0.5
 DOCUMENT_WEIGHT = 0.3
 REDUNDANCY_PENALTY = 0.05
+SPECIFICITY_WEIGHT = 0.3
 
 
 def _ranked(index: _Index, query_text: str, features: set[str]) -> list[tuple[int, float]]:
@@ -624,6 +665,7 @@ def _ranked(index: _Index, query_text: str, features: set[str]) -> list[tuple[in
             else:
                 rel -= 0.25
         rel += 0.15 * MODALITY_WEIGHT.get(rule.modality, 0.5)
+        rel += SPECIFICITY_WEIGHT * index.specificity[i]
         ranked.append((i, rel))
     # Diminishing returns for clauses about the same subject (same first words): the fifth rule about
     # "Airflow pools" adds less than the first rule about something else the request touches.
