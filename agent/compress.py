@@ -511,7 +511,9 @@ class _Index:
     specificity: list[float]
 
 
-def _specificity(parts: list[tuple[int, dict[str, tuple[tuple[int, int], ...]], list[int]]], n: int) -> list[float]:
+def _specificity(
+    parts: list[tuple[int, dict[str, tuple[tuple[int, int], ...]], list[int]]], n: int
+) -> list[float]:
     """How specific each clause is, 0..1: the mean IDF of its distinct words over the whole corpus, scaled
     to the most specific clause. Boilerplate that a corpus repeats across hundreds of clauses ("... MUST be
     reviewed every 90 days") scores low; a clause with its own numbers and terms of art scores high."""
