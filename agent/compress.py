@@ -34,7 +34,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from agent import tokens
-from agent.diskcache import load_pickle, save_pickle
+from agent.diskcache import PickleCache
 from agent.models import ContextPack, DesignRequest, PackItem, Policy, PolicyRule, RecalledMemory
 from agent.steering import PolicySet
 
@@ -421,10 +421,6 @@ def _with_tokens(f: _Facts, p: Policy, encoding: str) -> bool:
 # The persistent index cache: {source: _Facts}, one pickle beside the parse cache (same directory, same
 # off switch), named by this module's and the parser's source hash so a new version never reads an old
 # format. Written atomically, only when something changed; an unreadable file is a cold cache.
-_FACTS: dict[str, _Facts] | None = None
-_FACTS_DIRTY = False
-
-
 def _facts_file() -> Path | None:
     from agent.steering import cache_file
 
@@ -437,20 +433,7 @@ def _facts_file() -> Path | None:
     return parse_cache.with_name(f"pack-index-{h.hexdigest()[:16]}.pkl")
 
 
-def _facts_store() -> dict[str, _Facts]:
-    global _FACTS
-    if _FACTS is None:
-        _FACTS = load_pickle(_facts_file())
-    return _FACTS
-
-
-def _flush_facts() -> None:
-    global _FACTS_DIRTY
-    path = _facts_file()
-    if not _FACTS_DIRTY or _FACTS is None or path is None:
-        return
-    if save_pickle(path, _FACTS, prefix=".pack-index-"):
-        _FACTS_DIRTY = False
+_FACTS = PickleCache(_facts_file, prefix=".pack-index-")
 
 
 def _pristine(source: str, policy: Policy) -> bool:
@@ -464,10 +447,9 @@ def _pristine(source: str, policy: Policy) -> bool:
 
 
 def _policy_facts(policies: PolicySet, encoding: str) -> list[_Facts]:
-    global _FACTS_DIRTY
     sources = getattr(policies, "sources", None) or []
     keyed = len(sources) == len(policies.policies)
-    store = _facts_store() if keyed and any(sources) else None
+    store = _FACTS.data() if keyed and any(sources) else None
     out = []
     for n, p in enumerate(policies.policies):
         source = sources[n] if keyed and _pristine(sources[n], p) else ""
@@ -476,16 +458,16 @@ def _policy_facts(policies: PolicySet, encoding: str) -> list[_Facts]:
             f = _facts_of(p)
             if store is not None and source:
                 store[source] = f
-                _FACTS_DIRTY = True
+                _FACTS.mark_dirty()
         if _with_tokens(f, p, encoding) and store is not None and source:
-            _FACTS_DIRTY = True
+            _FACTS.mark_dirty()
         out.append(f)
-    if store is not None and _FACTS_DIRTY:
+    if store is not None and _FACTS.dirty:
         # an edited file's older versions are dead weight: keep one entry per path
         current = {src.rpartition(":")[0]: src for src in sources if src}
         for stale in [k for k in store if current.get(k.rpartition(":")[0], k) != k]:
             del store[stale]
-        _flush_facts()
+        _FACTS.flush()
     return out
 
 

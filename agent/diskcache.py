@@ -11,6 +11,7 @@ import gc
 import os
 import pickle
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,3 +48,41 @@ def save_pickle(path: Path, data: dict[Any, Any], *, prefix: str) -> bool:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         return False  # a read-only data dir only costs speed
+
+
+class PickleCache:
+    """A dict kept as one pickle file: loaded on first use, written (atomically) only after a change.
+
+    ``path`` is called at load and at flush time, so a cache directory chosen by the environment is
+    honoured; it returns None when caching is off, and then the cache lives in memory only.
+    """
+
+    def __init__(self, path: Callable[[], Path | None], *, prefix: str) -> None:
+        self._path = path
+        self._prefix = prefix
+        self._data: dict[Any, Any] | None = None
+        self.dirty = False
+
+    def data(self) -> dict[Any, Any]:
+        if self._data is None:
+            self._data = load_pickle(self._path())
+        return self._data
+
+    def put(self, key: Any, value: Any) -> None:
+        data = self.data()
+        if data.get(key) != value:
+            data[key] = value
+            self.dirty = True
+
+    def mark_dirty(self) -> None:
+        self.dirty = True
+
+    def flush(self) -> None:
+        path = self._path()
+        if self.dirty and self._data is not None and path is not None:
+            self.dirty = not save_pickle(path, self._data, prefix=self._prefix)
+
+    def reset(self) -> None:
+        """Forget the in-memory copy; the next use reads the file again."""
+        self._data = None
+        self.dirty = False

@@ -32,13 +32,7 @@ def _environment() -> Any:
 
 def render_prompt(name: str, design: Design | None = None, **context: Any) -> str:
     if design is not None:
-        context = {
-            "design": design,
-            "request": design.request,
-            "arch": design.architecture,
-            "storage": design.storage,
-            "quality": design.quality,
-            "docs": design.documentation,
-            **context,
-        }
+        from agent.render import design_context
+
+        context = design_context(design, **context)
     return _environment().get_template(name).render(**context)

@@ -18,26 +18,27 @@ ODCS_DIMENSIONS = {
 }
 
 
-def _q(name: str) -> str:
+def quoted(name: str) -> str:
+    """An identifier as DuckDB (and the checks) write it."""
     from agent.render import ident
 
     return ident(name, "duckdb")
 
 
-def _t(qualified: str) -> str:
+def quoted_table(qualified: str) -> str:
     schema, table = qualified.split(".", 1)
-    return f"{_q(schema)}.{_q(table)}"
+    return f"{quoted(schema)}.{quoted(table)}"
 
 
 def check_sql(rule: QualityRule) -> str:
-    t, c = _t(rule.table), _q(rule.column) if rule.column else None
+    t, c = quoted_table(rule.table), quoted(rule.column) if rule.column else None
     p = rule.params
     if rule.check == "not_null":
         return f"select * from {t} where {c} is null"
     if rule.check == "unique":
         return f"select {c}, count(*) as n from {t} where {c} is not null group by {c} having count(*) > 1"
     if rule.check == "scd2_one_current":
-        flag = _q(str(p.get("flag", "is_current")))
+        flag = quoted(str(p.get("flag", "is_current")))
         return (
             f"select {c}, count(*) filter (where {flag}) as current_versions from {t} group by {c} "
             f"having count(*) filter (where {flag}) <> 1"
@@ -58,7 +59,7 @@ def check_sql(rule: QualityRule) -> str:
     if rule.check == "relationships":
         return (
             f"select child.* from {t} as child where child.{c} is not null and not exists "
-            f"(select 1 from {_t(str(p['to']))} as parent where parent.{_q(str(p['field']))} = child.{c})"
+            f"(select 1 from {quoted_table(str(p['to']))} as parent where parent.{quoted(str(p['field']))} = child.{c})"
         )
     if rule.check == "freshness":
         minutes = int(p.get("max_age_minutes", 60))

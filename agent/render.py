@@ -208,6 +208,20 @@ def render_template(name: str, context: Mapping[str, Any], user_templates: str |
         ) from None
 
 
+def design_context(design: Design, **extra: Any) -> dict[str, Any]:
+    """The names every deliverable template and prompt sees for a design."""
+    return {
+        "design": design,
+        "request": design.request,
+        "dialect": design.storage.warehouse or "duckdb",
+        "arch": design.architecture,
+        "storage": design.storage,
+        "quality": design.quality,
+        "docs": design.documentation,
+        **extra,
+    }
+
+
 def render_bundle(
     design: Design,
     *,
@@ -216,18 +230,8 @@ def render_bundle(
     user_templates: str | Path | None = None,
 ) -> dict[str, str]:
     """Every file of the bundle, by relative path. Nothing is written here."""
-    dialect = design.storage.warehouse or "duckdb"
-    ctx: dict[str, Any] = {
-        "design": design,
-        "request": design.request,
-        "dialect": dialect,
-        "arch": design.architecture,
-        "storage": design.storage,
-        "quality": design.quality,
-        "docs": design.documentation,
-        "checks": checks,
-        "delegations": delegations,
-    }
+    ctx = design_context(design, checks=checks, delegations=delegations)
+    dialect = ctx["dialect"]
     files: dict[str, str] = {}
 
     def put(path: str, template: str, **extra: Any) -> None:
@@ -280,21 +284,7 @@ def render_ddl(
     """The storage DDL for any supported dialect (the bundle carries the target's and DuckDB's)."""
     if dialect not in DIALECTS:
         raise RenderError(f"unsupported dialect {dialect!r}; supported: {', '.join(DIALECTS)}")
-    ctx = (
-        dict(context)
-        if context
-        else {
-            "design": design,
-            "request": design.request,
-            "dialect": dialect,
-            "arch": design.architecture,
-            "storage": design.storage,
-            "quality": design.quality,
-            "docs": design.documentation,
-            "checks": [],
-            "delegations": [],
-        }
-    )
+    ctx = dict(context) if context else design_context(design, dialect=dialect, checks=[], delegations=[])
     return render_template("storage/ddl.sql.j2", {**ctx, "target_dialect": dialect}, user_templates)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from agent.diskcache import load_pickle, save_pickle
+from agent.diskcache import PickleCache
 from agent.errors import PolicyError
 from agent.models import LoadProblem, Policy, PolicyRule, PolicySection, slugify
 
@@ -83,8 +83,6 @@ def resolve_context_dir(explicit: str | Path | None = None, cwd: Path | None = N
 # atomically (temp file + rename) only when something changed; an unreadable file is ignored and rebuilt.
 _Entry = tuple[tuple[int, int], str, "Policy | None", list[LoadProblem]]
 _CACHE: dict[str, _Entry] = {}
-_DISK: dict[str, _Entry] | None = None
-_DISK_DIRTY = False
 
 
 def _parser_key() -> str:
@@ -109,29 +107,12 @@ def cache_file() -> Path | None:
     return base / f"policies-{_parser_key()}.pkl"
 
 
-def _disk() -> dict[str, _Entry]:
-    global _DISK
-    if _DISK is None:
-        _DISK = load_pickle(cache_file())
-    return _DISK
+_DISK = PickleCache(cache_file, prefix=".policies-")
 
 
 def _remember(key: str, entry: _Entry) -> None:
-    global _DISK_DIRTY
     _CACHE[key] = entry
-    disk = _disk()
-    if disk.get(key) != entry:
-        disk[key] = entry
-        _DISK_DIRTY = True
-
-
-def _flush_disk() -> None:
-    global _DISK_DIRTY
-    path = cache_file()
-    if not _DISK_DIRTY or _DISK is None or path is None:
-        return
-    if save_pickle(path, _DISK, prefix=".policies-"):
-        _DISK_DIRTY = False
+    _DISK.put(key, entry)
 
 
 def load_policies(context: str | Path | None = None) -> PolicySet:
@@ -168,7 +149,7 @@ def load_policies(context: str | Path | None = None) -> PolicySet:
         seen_ids[policy.id] = str(path)
         result.policies.append(policy)
         result.sources.append(source)
-    _flush_disk()
+    _DISK.flush()
     if not result.policies:
         detail = "; ".join(str(p) for p in result.problems[:3]) or "no normative clauses"
         raise PolicyError(f"no policy could be loaded ({detail})", path=root)
@@ -247,7 +228,7 @@ def _load_policy_file(path: Path, root: Path | None) -> tuple[str, tuple[Policy 
     cached = _CACHE.get(key)
     if cached and cached[0] == stamp:
         return f"{key}:{cached[1]}", _copy(cached)
-    if cached is None and (cached := _disk().get(key)) and cached[0] == stamp:
+    if cached is None and (cached := _DISK.data().get(key)) and cached[0] == stamp:
         _CACHE[key] = cached
         return f"{key}:{cached[1]}", _copy(cached)
     try:

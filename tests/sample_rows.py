@@ -17,7 +17,7 @@ import uuid
 from typing import Any
 
 from agent.models import Design, QualityRule, Table
-from agent.render import ident
+from agent.quality import quoted, quoted_table
 from agent.sqltypes import parse_logical_type
 
 ROWS = 3
@@ -25,13 +25,8 @@ ROWS = 3
 REGEX_SAMPLES = {"^[A-Z]{3}$": "USD", r"^[A-Z]{2}$": "US"}
 
 
-def q(name: str) -> str:
-    return ident(name, "duckdb")
-
-
-def qt(qualified: str) -> str:
-    schema, table = qualified.split(".", 1)
-    return f"{q(schema)}.{q(table)}"
+q = quoted  # identifiers exactly as the generated checks write them
+qt = quoted_table
 
 
 def relaxed_ddl(duckdb_sql: str) -> str:

@@ -8,7 +8,7 @@ console script) to keep 40+ cases fast; test_cli.py covers the real subprocess.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +18,6 @@ import yaml
 from agent.cli import main
 from agent.errors import DataAgentError
 from agent.runtime import DataEngineerAgent
-from tests.conftest import isolated_env
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = yaml.safe_load((REPO / "examples" / "orders_cdc_snowflake.yaml").read_text())
@@ -221,21 +220,10 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def isolated_user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The whole corpus runs as one fresh user, so caches and memory never touch the real user's."""
-    home = tmp_path_factory.mktemp("hostile-user")
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in isolated_env(home).items():
-            mp.setenv(key, value)
-        for key in ("DATA_AGENT_MEMORY_URL", "DATA_AGENT_CONTEXT", "CLAUDE_PLUGIN_DATA", "ANTHROPIC_API_KEY"):
-            mp.delenv(key, raising=False)
-        yield home
-
-
 @pytest.fixture(scope="module")
-def memory_dir(isolated_user: Path) -> Path:
-    return isolated_user / "memory"
+def memory_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One store for the whole corpus (conftest already keeps every run away from the real user's data)."""
+    return tmp_path_factory.mktemp("hostile-memory")
 
 
 def store_snapshot(memory_dir: Path) -> tuple[int, list[str]]:

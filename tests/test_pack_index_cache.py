@@ -20,8 +20,8 @@ REQUESTS = [
 def _fresh_process() -> None:
     """Forget everything held in memory, as a new process would."""
     steering._CACHE.clear()
-    steering._DISK = None
-    compress._FACTS = None
+    steering._DISK.reset()
+    compress._FACTS.reset()
 
 
 def _packs(context=None) -> list[str]:
@@ -88,7 +88,7 @@ def test_changed_file_is_reindexed(cache_dir, tmp_path):
     ps = load_policies(ctx)
     result = pack(ps, query="zanzibarquux", budget=300)
     assert "zanzibarquux" in result.text and "retry" not in result.text
-    assert [k for k in compress._FACTS if k.startswith(f"{f.absolute()}:")] == [ps.sources[0]]
+    assert [k for k in compress._FACTS.data() if k.startswith(f"{f.absolute()}:")] == [ps.sources[0]]
 
 
 def test_fast_policy_item_is_model_construct():

@@ -124,9 +124,12 @@ def test_hooks_config() -> None:
     assert sub["matcher"] == "data-agent:data-engineer"
 
 
+BASH = shutil.which("bash") or "/bin/bash"  # resolved here: some tests run the hook with a bare PATH
+
+
 def _hook(env: dict[str, str], script: str = "session-start.sh") -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["bash", str(REPO / "hooks" / script)], env=env, capture_output=True, text=True, timeout=60
+        [BASH, str(REPO / "hooks" / script)], env=env, capture_output=True, text=True, timeout=60
     )
 
 
@@ -164,57 +167,41 @@ def test_session_start_is_a_no_op_when_current(tmp_path: Path) -> None:
     assert sorted(p.name for p in data.rglob("*")) == before
 
 
-def test_session_start_says_when_python_is_missing(tmp_path: Path) -> None:
-    # PATH with the tools the script needs but no python at all
+def _tools_without_python(tmp_path: Path) -> Path:
+    """A PATH folder with the tools the hook needs and no Python at all."""
     tools = tmp_path / "tools"
     tools.mkdir()
     for tool in ("sed", "head", "cat", "tr", "mkdir", "date", "dirname", "rmdir", "sleep"):
         found = shutil.which(tool)
         if found:
             (tools / tool).symlink_to(found)
+    return tools
+
+
+def _message_with_only(tools: Path, tmp_path: Path) -> str:
+    """Run SessionStart with nothing but ``tools`` on PATH; it must exit 0 and say what to do."""
     env = {
         "PATH": str(tools),
         "HOME": str(tmp_path),
         "CLAUDE_PLUGIN_ROOT": str(REPO),
         "CLAUDE_PLUGIN_DATA": str(tmp_path / "data"),
     }
-    proc = subprocess.run(
-        ["/bin/bash", str(REPO / "hooks" / "session-start.sh")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = _hook(env)
     assert proc.returncode == 0
-    message = json.loads(proc.stdout)["systemMessage"]
+    return json.loads(proc.stdout)["systemMessage"]
+
+
+def test_session_start_says_when_python_is_missing(tmp_path: Path) -> None:
+    message = _message_with_only(_tools_without_python(tmp_path), tmp_path)
     assert "python3 was not found" in message and "3.10" in message
 
 
 def test_session_start_says_when_python_is_too_old(tmp_path: Path) -> None:
-    tools = tmp_path / "tools"
-    tools.mkdir()
-    for tool in ("sed", "head", "cat", "tr", "mkdir", "date", "dirname", "rmdir", "sleep"):
-        found = shutil.which(tool)
-        if found:
-            (tools / tool).symlink_to(found)
+    tools = _tools_without_python(tmp_path)
     old = tools / "python3"
     old.write_text('#!/bin/sh\ncase "$*" in *"print"*) echo 3.8;; *) exit 1;; esac\n')
     old.chmod(0o755)
-    env = {
-        "PATH": str(tools),
-        "HOME": str(tmp_path),
-        "CLAUDE_PLUGIN_ROOT": str(REPO),
-        "CLAUDE_PLUGIN_DATA": str(tmp_path / "data"),
-    }
-    proc = subprocess.run(
-        ["/bin/bash", str(REPO / "hooks" / "session-start.sh")],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0
-    message = json.loads(proc.stdout)["systemMessage"]
+    message = _message_with_only(tools, tmp_path)
     assert "version 3.8" in message and "3.10" in message
 
 

@@ -1368,17 +1368,7 @@ def _model_core(
                         nullable=False,
                         description="Hash of the attributes, to detect change.",
                     ),
-                    *[
-                        TableColumn(
-                            name=c.name,
-                            type=c.type,
-                            pii=c.pii,
-                            masking=c.masking,
-                            description=c.description,
-                            source=f"{stg.qualified}.{c.name}",
-                        )
-                        for c in attrs
-                    ],
+                    *[_carried(c, stg, nullable=True) for c in attrs],
                 ],
                 primary_key=[f"{base}_hk", "load_ts"],
                 description=f"Descriptive history of {base}.",
@@ -1469,17 +1459,7 @@ def _model_core(
         joins, cols, seen = [], [], set()
         for c in main.columns:
             if not _internal(c):
-                cols.append(
-                    TableColumn(
-                        name=c.name,
-                        type=c.type,
-                        pii=c.pii,
-                        masking=c.masking,
-                        nullable=c.nullable,
-                        description=c.description,
-                        source=f"{main.qualified}.{c.name}",
-                    )
-                )
+                cols.append(_carried(c, main))
                 seen.add(c.name)
         select = [f"f.{_q(c.name)}" for c in cols]
         for i, d in enumerate(dims + facts[1:]):
@@ -1493,16 +1473,7 @@ def _model_core(
                     if c.name in seen or _internal(c):
                         continue
                     seen.add(c.name)
-                    cols.append(
-                        TableColumn(
-                            name=c.name,
-                            type=c.type,
-                            pii=c.pii,
-                            masking=c.masking,
-                            description=c.description,
-                            source=f"{d.qualified}.{c.name}",
-                        )
-                    )
+                    cols.append(_carried(c, d, nullable=True))
                     select.append(f"{alias}.{_q(c.name)}")
         obt = Table(
             name=f"obt_{main.name.removeprefix('stg_')}",
@@ -1585,18 +1556,7 @@ def _model_core(
                     nullable=False,
                     description="Surrogate key: hash of business key and valid_from.",
                 ),
-                *[
-                    TableColumn(
-                        name=c.name,
-                        type=c.type,
-                        pii=c.pii,
-                        masking=c.masking,
-                        nullable=c.nullable,
-                        description=c.description,
-                        source=f"{d.qualified}.{c.name}",
-                    )
-                    for c in attrs
-                ],
+                *[_carried(c, d) for c in attrs],
                 TableColumn(
                     name="valid_from",
                     type="timestamp",
@@ -1647,18 +1607,7 @@ def _model_core(
         base = f.name.removeprefix("stg_")
         attrs = [c for c in f.columns if not _internal(c)]
         tcol = _time_column(attrs)
-        cols = [
-            TableColumn(
-                name=c.name,
-                type=c.type,
-                pii=c.pii,
-                masking=c.masking,
-                nullable=c.nullable,
-                description=c.description,
-                source=f"{f.qualified}.{c.name}",
-            )
-            for c in attrs
-        ]
+        cols = [_carried(c, f) for c in attrs]
         extra_sel = []
         if tcol:
             cols.append(
@@ -1698,6 +1647,14 @@ def _model_core(
             )
         )
     return tables, sqls
+
+
+def _carried(column: TableColumn, table: Table, *, nullable: bool | None = None) -> TableColumn:
+    """A column carried from ``table`` into the next layer: same name, type, PII and masking, with lineage."""
+    update: dict[str, object] = {"source": f"{table.qualified}.{column.name}"}
+    if nullable is not None:
+        update["nullable"] = nullable
+    return column.model_copy(update=update)
 
 
 def _col(table: Table, name: str) -> TableColumn:
