@@ -19,16 +19,19 @@ Writes deduplicate: a memory whose normalised text is already stored is not stor
 id is returned), and a memory of the same kind whose embedding has cosine similarity >= 0.97 with an
 existing one updates that record (text, embedding, metadata, updated_at) instead of adding a new one.
 
-Concurrency (embedded): Chroma's embedded engine keeps an in-memory HNSW index and caches one client
-per path, so two processes holding clients on one folder corrupt it, and a long-lived client does not
-see other processes' writes. So every operation here takes an exclusive ``fcntl`` lock on
-``<dir>/.data-agent.lock``, opens a fresh ``PersistentClient``, does its work and closes the client
-(which stops Chroma's cached system for that path) before releasing the lock. Nothing stays open
-between operations; ``with store.session():`` holds the lock and one client across a batch of
-operations (it excludes other processes meanwhile, so keep it short). Measured on a busy 2-CPU machine:
-an open/close costs ~7-22 ms, a recall per operation 41 ms p50 at 1k memories, 66 ms at 10k and 424 ms at
-100k (the HNSW index is loaded from disk each time) against 16/19/20 ms inside a session. A Chroma server
-serialises writers itself, so the server backend keeps its client open (11-19 ms p50 per recall).
+Concurrency (embedded): Chroma's embedded engine keeps an in-memory HNSW index per path, so two processes
+writing through clients they keep open corrupt the folder, and a long-lived client does not see other
+processes' writes (DESIGN.md). So every operation takes an exclusive ``fcntl`` lock on
+``<dir>/.data-agent.lock``, and a client is only used while it is known to be current: every write first
+replaces the random token in ``<dir>/.data-agent.generation``, and an operation reuses the client kept from
+this process's last operation only if the token is still the one that client saw or wrote; otherwise it
+stops that client (measured: stopping a stale client writes nothing) and opens a fresh one. A process that
+is the only writer, or that only reads, therefore keeps its client and its loaded index; a process whose
+store another process changed pays one reopen. ``with store.session():`` holds the lock across a batch of
+operations (it excludes other processes meanwhile, so keep it short). Measured on a busy 2-CPU machine: a
+fresh open costs ~7-22 ms at 1k memories and ~400 ms at 100k (the index is loaded from disk), a recall
+with the kept client ~16-20 ms at any of those sizes. A Chroma server serialises writers itself, so the
+server backend keeps its client open (11-19 ms p50 per recall).
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ REBUILD_HINT = (
     "'data-agent memory rebuild --from-bundles DIR' (saved design bundles)"
 )
 LOCK_FILE = ".data-agent.lock"
+# changed by every write; a process keeps its client between operations only while this is unchanged
+GENERATION_FILE = ".data-agent.generation"
 MARKER_FILE = "data-agent.json"
 CHUNK = 2000  # rows per Chroma call (its max batch is larger, this keeps memory flat)
 _SETTINGS: Any = None
@@ -224,7 +229,9 @@ class MemoryStore:
         self._collection: Collection | None = None
         self._depth = 0
         self._thread_lock = threading.RLock()
-        self._lock_fh: Any = None
+        self._key = str(self.path.resolve()) if self.path else ""
+        self._generation: str | None = None  # the store generation this operation saw or wrote
+        self._wrote = False
         self.stats = {"opens": 0, "lock_wait_s": 0.0}
         self.last_outcomes: list[str] = []  # per memory of the last deduplicated add: added|updated|duplicate
 
@@ -239,11 +246,15 @@ class MemoryStore:
     # -- sessions ----------------------------------------------------------------------------------
 
     @contextmanager
-    def session(self, *, check_embedder: bool = True) -> Iterator[Collection]:
-        """The collection, valid inside the block. Embedded: an exclusive lock and a fresh client for the
-        whole block, closed at its end. Re-entrant within a process."""
+    def session(self, *, check_embedder: bool = True, write: bool = True) -> Iterator[Collection]:
+        """The collection, valid inside the block. Embedded: an exclusive lock for the whole block, and the
+        client kept from the last operation if no process has written since, else a fresh one. Pass
+        ``write=False`` for a block that only reads (it leaves the store's generation alone, so other
+        processes keep their clients). Re-entrant within a process."""
         with self._thread_lock:
             if self._depth > 0 and self._collection is not None:
+                if write:
+                    self._start_write()
                 self._depth += 1
                 try:
                     yield self._collection
@@ -261,12 +272,28 @@ class MemoryStore:
                 return
             self._prepare_dir()
             with self._file_lock():
+                self._generation = _read_generation(self.path) or _write_generation(self.path)
+                self._wrote = False
+                kept = _KEPT.pop(self._key, None)
+                if kept is not None and self._generation is not None and kept.generation == self._generation:
+                    self._client, self._collection = kept.client, kept.collection
+                    try:
+                        self._check_collection(kept.collection.metadata or {}, check_embedder=check_embedder)
+                    except MemoryStoreError:
+                        self._release_client()
+                        raise
+                else:
+                    if kept is not None:
+                        _stop_client(kept.client)
+                    self._connect(check_embedder=check_embedder)
+                if write:
+                    self._start_write()
+                ok = False
                 try:
-                    collection = self._connect(check_embedder=check_embedder)
-                    self._collection = collection
                     self._depth += 1
                     try:
-                        yield collection
+                        yield self._collection
+                        ok = True
                     except MemoryStoreError:
                         raise
                     except Exception as exc:
@@ -274,7 +301,31 @@ class MemoryStore:
                     finally:
                         self._depth -= 1
                 finally:
-                    self._release_client()
+                    self._keep_or_release(ok)
+
+    def _start_write(self) -> None:
+        """Mark the store as changed before writing to it: every other process's kept client is now stale
+        and will be replaced at its next operation. Done first, so that a write failing half-way still
+        invalidates them, and a full disk stops the operation before Chroma is touched."""
+        if self.url or self._wrote:
+            return
+        assert self.path is not None
+        self._generation = _write_generation(self.path)
+        self._wrote = True
+
+    def _keep_or_release(self, ok: bool) -> None:
+        """Under the lock, after an operation: keep a client that is known current (the operation ended
+        normally and the generation file names what it saw or wrote), release any other."""
+        client, collection = self._client, self._collection
+        self._client, self._collection = None, None
+        if client is None or collection is None:
+            return
+        if ok and self._generation is not None:
+            _KEPT[self._key] = _Kept(client, collection, self._generation)
+            while len(_KEPT) > MAX_KEPT:  # the least recently used folder's client goes
+                _stop_client(_KEPT.pop(next(iter(_KEPT))).client)
+        else:
+            _stop_client(client)
 
     def _prepare_dir(self) -> None:
         assert self.path is not None
@@ -316,20 +367,8 @@ class MemoryStore:
 
     def _release_client(self) -> None:
         client, self._client, self._collection = self._client, None, None
-        if client is None:
-            return
-        try:
-            client.close()
-        finally:
-            # make sure Chroma's per-path system cache is gone, so the next open re-reads the disk
-            from chromadb.api.shared_system_client import SharedSystemClient
-
-            ident = getattr(client, "_identifier", None)
-            system = SharedSystemClient._identifier_to_system.pop(ident, None) if ident else None
-            SharedSystemClient._identifier_to_refcount.pop(ident, None)
-            if system is not None:
-                with contextlib.suppress(Exception):  # already stopped
-                    system.stop()
+        if client is not None:
+            _stop_client(client)
 
     def _connect(self, *, check_embedder: bool = True) -> Collection:
         import chromadb
@@ -374,9 +413,21 @@ class MemoryStore:
                 path=self.location,
                 hint=None if self.url else REBUILD_HINT,
             ) from None
-        stored = collection.metadata or {}
-        if int(stored.get("format_version", 1)) > FORMAT_VERSION:
+        try:
+            self._check_collection(collection.metadata or {}, check_embedder=check_embedder)
+        except MemoryStoreError:
             self._release_client()
+            raise
+        if self.path is not None:
+            self._check_format_file(write=True)
+        self._collection = collection
+        if created and self.seed:
+            self._start_write()
+            self._seed_starters(collection)
+        return collection
+
+    def _check_collection(self, stored: dict[str, Any], *, check_embedder: bool) -> None:
+        if int(stored.get("format_version", 1)) > FORMAT_VERSION:
             raise MemoryStoreError(
                 f"the store has format version {stored.get('format_version')}, newer than this "
                 f"data-agent understands ({FORMAT_VERSION})",
@@ -387,19 +438,12 @@ class MemoryStore:
             stored.get("embedder") != self.embedder.name
             or int(stored.get("dimension", 0)) != self.embedder.dimension
         ):
-            self._release_client()
             raise MemoryStoreError(
                 f"the store was written by embedder {stored.get('embedder')!r} ({stored.get('dimension')} "
                 f"dims) but this run uses {self.embedder.name!r} ({self.embedder.dimension} dims)",
                 path=self.location,
                 hint="run 'data-agent memory reindex' to re-embed every memory",
             )
-        if self.path is not None:
-            self._check_format_file(write=True)
-        if created and self.seed:
-            self._collection = collection
-            self._seed_starters(collection)
-        return collection
 
     def _collection_meta(self) -> dict[str, Any]:
         return {
@@ -669,7 +713,7 @@ class MemoryStore:
     # -- reading -----------------------------------------------------------------------------------
 
     def count(self) -> int:
-        with self.session() as collection:
+        with self.session(write=False) as collection:
             return collection.count()
 
     def get(self, memory_id: str) -> Memory:
@@ -683,13 +727,13 @@ class MemoryStore:
         return found[0]
 
     def get_many(self, ids: Sequence[str]) -> list[Memory]:
-        with self.session() as collection:
+        with self.session(write=False) as collection:
             got = collection.get(ids=list(dict.fromkeys(ids)), include=["documents", "metadatas"])
         return [_from_chroma(i, d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])]
 
     def all(self) -> list[Memory]:
         out: list[Memory] = []
-        with self.session() as collection:
+        with self.session(write=False) as collection:
             total = collection.count()
             for offset in range(0, total, CHUNK):
                 got = collection.get(include=["documents", "metadatas"], limit=CHUNK, offset=offset)
@@ -709,7 +753,7 @@ class MemoryStore:
         query_text = request if isinstance(request, str) else request.summary()
         facets = text_facets(query_text) | (set() if isinstance(request, str) else request_facets(request))
         embedding = self.embedder.embed([query_text])
-        with self.session() as collection:
+        with self.session(write=False) as collection:
             return self._rank(collection, embedding, facets, k=k, kinds=kinds, candidates=candidates)
 
     def recall_by_facets(
@@ -717,7 +761,7 @@ class MemoryStore:
     ) -> list[RecalledMemory]:
         """Recall with explicit facets (``source:postgres``, ``target:snowflake``, ...): used by tools and
         the benchmark, which have the structure of a request without a DesignRequest."""
-        with self.session() as collection:
+        with self.session(write=False) as collection:
             facets = set(facets) | text_facets(text)
             return self._rank(collection, self.embedder.embed([text]), facets, k=k, kinds=kinds)
 
@@ -768,9 +812,79 @@ class MemoryStore:
         return recalled[:k]
 
     def close(self) -> None:
+        """Release the client kept for this store's folder (the next operation opens a fresh one)."""
         with self._thread_lock:
             if self._depth == 0:
                 self._release_client()
+                kept = _KEPT.pop(self._key, None)
+                if kept is not None:
+                    _stop_client(kept.client)
+
+
+class _Kept:
+    """A client kept open between operations on one folder, and the store generation it is current for."""
+
+    __slots__ = ("client", "collection", "generation")
+
+    def __init__(self, client: ClientAPI, collection: Collection, generation: str) -> None:
+        self.client, self.collection, self.generation = client, collection, generation
+
+
+# One kept client per memory folder per process, shared by every MemoryStore on that folder (Chroma itself
+# shares one engine per path inside a process, so two kept clients on one path would be one engine anyway).
+_KEPT: dict[str, _Kept] = {}
+MAX_KEPT = 4  # folders; a kept client holds its index in memory (~170 MB at 100k memories)
+# Clients inherited through fork(): never used or stopped in the child, whose copy of the engine is not its own.
+_INHERITED: list[_Kept] = []
+
+
+def _forget_kept_after_fork() -> None:
+    _INHERITED.extend(_KEPT.values())
+    _KEPT.clear()
+
+
+os.register_at_fork(after_in_child=_forget_kept_after_fork)
+
+
+def _stop_client(client: ClientAPI) -> None:
+    """Close a client and stop Chroma's engine for its path, so the next open re-reads the disk.
+
+    Measured with chromadb 1.5.9: stopping a client whose view is stale (another process wrote 3,000
+    records since, this one holding 1,500 of its own) changes no file in the store."""
+    try:
+        client.close()
+    finally:
+        from chromadb.api.shared_system_client import SharedSystemClient
+
+        ident = getattr(client, "_identifier", None)
+        system = SharedSystemClient._identifier_to_system.pop(ident, None) if ident else None
+        SharedSystemClient._identifier_to_refcount.pop(ident, None)
+        if system is not None:
+            with contextlib.suppress(Exception):  # already stopped
+                system.stop()
+
+
+def _read_generation(path: Path) -> str | None:
+    try:
+        return (path / GENERATION_FILE).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise storage_error(exc, str(path)) from None
+
+
+def _write_generation(path: Path) -> str:
+    """A new random generation for the store, written atomically (under the store's lock)."""
+    generation = f"{os.getpid()}-{time.time_ns()}-{random.getrandbits(32):08x}"
+    tmp = path / f"{GENERATION_FILE}.tmp{os.getpid()}"
+    try:
+        tmp.write_text(generation + "\n")
+        os.replace(tmp, path / GENERATION_FILE)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise storage_error(exc, str(path)) from None
+    return generation
 
 
 _STARTER_VECTORS: dict[str, list[list[float]]] = {}

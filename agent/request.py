@@ -17,6 +17,10 @@ from agent.errors import RequestError
 from agent.models import SOURCE_KINDS, DesignRequest, slugify
 from agent.redact import redact
 
+# libyaml's loader where PyYAML has it: the same safe subset as yaml.safe_load, ~10x faster (a request file
+# took ~8 ms with the pure-Python loader); errors carry the same line marks
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 MAX_REQUEST_BYTES = 2_000_000
 MAX_GOAL_CHARS = 20_000  # DesignRequest.goal's limit
 
@@ -91,7 +95,7 @@ def parse_request_text(text: str, *, path: Path | str = "<request>") -> DesignRe
     path = Path(path)
     is_json = path.suffix.lower() == ".json"
     try:
-        data = json.loads(text) if is_json else yaml.safe_load(text)
+        data = json.loads(text) if is_json else yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - safe
     except json.JSONDecodeError as exc:
         raise RequestError(f"malformed JSON: {exc.msg}", path=path, line=exc.lineno) from None
     except yaml.YAMLError as exc:

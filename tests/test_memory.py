@@ -278,18 +278,47 @@ def test_eight_writers_and_a_reader(target, tmp_path):
     got = store.get_many(ids)
     assert len(got) == 200 and all(m.text.startswith("Design ") for m in got)
     assert store.recall("postgres to snowflake batch", k=5)
+    with store.session(write=False) as collection:  # the index holds every record: each is its own nearest
+        found = collection.query(
+            query_embeddings=store.embedder.embed([m.text for m in got]), n_results=1, include=["distances"]
+        )
+    assert [hit[0] for hit in found["ids"]] == [m.id for m in got]
 
 
-def test_embedded_client_not_cached_between_operations(tmp_path):
+def test_embedded_client_kept_until_another_process_writes(tmp_path):
     from chromadb.api.shared_system_client import SharedSystemClient
 
-    store = store_at(str(tmp_path / "mem"))
+    path = tmp_path / "mem"
+    store = store_at(str(path))
     store.count()
-    assert str(tmp_path / "mem") not in SharedSystemClient._identifier_to_system
-    with store.session():
-        assert str(tmp_path / "mem") in SharedSystemClient._identifier_to_system
-        assert store.count() == STARTERS and store.stats["opens"] == 2  # one client for the block
-    assert str(tmp_path / "mem") not in SharedSystemClient._identifier_to_system
+    store.recall("postgres to snowflake", k=3)
+    store.get_many(["nothing-here"])
+    assert store.stats["opens"] == 1  # reads keep the client (and its loaded index)
+    other = subprocess.run(
+        [sys.executable, str(Path(mh.__file__)), "write", str(path), "other", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert other.returncode == 0, other.stderr[-2000:]
+    # the other process changed the store: the kept client is stale, so the next operation reopens and sees
+    assert store.count() == STARTERS + 2
+    assert store.stats["opens"] == 2
+    store.add(learning("mine", "A learning about Kafka consumer lag alerts written by this process"))
+    assert store.count() == STARTERS + 3 and store.stats["opens"] == 2  # its own write keeps it current
+    assert str(path) in SharedSystemClient._identifier_to_system
+    store.close()
+    assert str(path) not in SharedSystemClient._identifier_to_system
+    assert MemoryStore(path).count() == STARTERS + 3
+
+
+def test_failed_operation_drops_the_kept_client(tmp_path):
+    path = tmp_path / "mem"
+    store = store_at(str(path))
+    store.count()
+    with pytest.raises(MemoryStoreError), store.session() as collection:
+        collection.add(ids=["x"], embeddings=[[0.0, 1.0]], documents=["wrong dimension"])
+    assert store.count() == STARTERS and store.stats["opens"] == 2  # reopened after the failure
 
 
 # -- bad input -----------------------------------------------------------------------------------------
