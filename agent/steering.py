@@ -78,10 +78,12 @@ def resolve_context_dir(explicit: str | Path | None = None, cwd: Path | None = N
 
 # The parse cache: a path whose mtime, size and content hash are unchanged is not parsed again. It lives
 # in this process (``_CACHE``) and on disk (one pickle under the user data dir's ``cache/``, keyed by the
-# parser's own source hash so a new version never reads an old format). A stat match (mtime_ns, size) is
-# trusted; a stat change with the same sha256 (a touch, a checkout) is a hit too. The disk file is written
+# parser's own source hash so a new version never reads an old format). A stat match (mtime_ns, size,
+# ctime_ns, inode) is trusted: any write, rename or chmod moves ctime, which no user call can set back, so an
+# edit is seen even when mtime and size are restored. A stat change with the same sha256 (a touch, a
+# checkout) is a hit too. The disk file is written
 # atomically (temp file + rename) only when something changed; an unreadable file is ignored and rebuilt.
-_Entry = tuple[tuple[int, int], str, "Policy | None", list[LoadProblem]]
+_Entry = tuple[tuple[int, int, int, int], str, "Policy | None", list[LoadProblem]]
 _CACHE: dict[str, _Entry] = {}
 
 
@@ -116,8 +118,13 @@ def _remember(key: str, entry: _Entry) -> None:
 
 
 def load_policies(context: str | Path | None = None) -> PolicySet:
+    root, files, problems = scan(context)
+    return load_scanned(root, files, problems)
+
+
+def scan(context: str | Path | None = None) -> tuple[Path, list[Path], list[LoadProblem]]:
+    """The context directory, its policy files in load order, and what the walk found wrong."""
     root = resolve_context_dir(context)
-    result = PolicySet(root=root)
     if not root.exists():
         raise PolicyError(
             "context directory does not exist",
@@ -126,13 +133,20 @@ def load_policies(context: str | Path | None = None) -> PolicySet:
         )
     if not root.is_dir():
         raise PolicyError("context path is not a directory", path=root)
-    files = list(_walk(root, result.problems))
+    problems: list[LoadProblem] = []
+    files = list(_walk(root, problems))
     if not files:
         raise PolicyError("no policy files found (.md, .yaml, .yml, .txt)", path=root)
+    return root, files, problems
+
+
+def load_scanned(root: Path, files: list[Path], problems: list[LoadProblem]) -> PolicySet:
+    """Load the files ``scan`` found; ``problems`` (the walk's) are kept first, as load_policies reports."""
+    result = PolicySet(root=root, problems=problems)
     seen_ids: dict[str, str] = {}
     for path in files:
-        source, (policy, problems) = _load_policy_file(path, root)
-        result.problems.extend(problems)
+        source, (policy, file_problems) = _load_policy_file(path, root)
+        result.problems.extend(file_problems)
         if policy is None:
             continue
         if policy.id in seen_ids:
@@ -223,7 +237,7 @@ def _load_policy_file(path: Path, root: Path | None) -> tuple[str, tuple[Policy 
                 )
             ],
         )
-    stamp = (st.st_mtime_ns, st.st_size)
+    stamp = (st.st_mtime_ns, st.st_size, st.st_ctime_ns, st.st_ino)
     key = str(path.absolute())
     cached = _CACHE.get(key)
     if cached and cached[0] == stamp:

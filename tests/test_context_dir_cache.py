@@ -1,0 +1,155 @@
+"""The whole-directory packing index behind ``data-agent context``: the same packs as the library's
+``pack(load_policies(...))``, warm or cold, and never a stale index after an edit."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from agent import compress, steering
+from agent.compress import load_index, pack, pack_index
+from agent.request import request_from_text
+from agent.steering import load_policies
+
+REQUESTS = [
+    "Postgres CDC into Snowflake hourly with PII",
+    "stream clickstream events from kafka into snowflake with customer emails",
+]
+
+
+def _fresh_process() -> None:
+    steering._CACHE.clear()
+    steering._DISK.reset()
+    compress._FACTS.reset()
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATA_AGENT_CACHE_DIR", str(tmp_path / "cache"))
+    _fresh_process()
+    yield tmp_path / "cache"
+    _fresh_process()
+
+
+def _ctx(root: Path, n: int = 6) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (root / f"p{i}.md").write_text(
+            f"---\nid: p{i}\ntitle: Policy {i}\n---\n## Loads {i}\n- Jobs MUST retry {i + 2} times.\n"
+            f"- CDC feeds SHOULD land hourly in Snowflake.\n## PII\n- Emails MUST be masked in zone {i}.\n"
+        )
+    return root
+
+
+def _dir_packs(root: Path, encoding: str = "cl100k_base") -> list[dict]:
+    index, problems = load_index(root, encoding)
+    out = []
+    for text in REQUESTS:
+        for budget in (60, 120, 4000):
+            result = pack_index(index, request_from_text(text), None, (), budget, encoding, 1.0)
+            out.append(result.model().model_dump())
+    return out + [{"problems": [str(p) for p in problems]}]
+
+
+def _library_packs(root: Path, encoding: str = "cl100k_base") -> list[dict]:
+    ps = load_policies(root)
+    out = []
+    for text in REQUESTS:
+        for budget in (60, 120, 4000):
+            out.append(pack(ps, request_from_text(text), budget=budget, encoding=encoding).model_dump())
+    return out + [{"problems": [str(p) for p in ps.problems]}]
+
+
+@pytest.mark.parametrize("encoding", ["cl100k_base", "o200k_base"])
+def test_cold_and_warm_directory_index_pack_like_the_library(cache_dir, tmp_path, encoding):
+    root = _ctx(tmp_path / "ctx")
+    (root / "broken.yaml").write_text("rules: [unclosed\n")
+    expected = _library_packs(root, encoding)
+    _fresh_process()
+    cold = _dir_packs(root, encoding)
+    assert len(list(cache_dir.glob("pack-dir-*.pkl"))) == 1
+    _fresh_process()
+    warm = _dir_packs(root, encoding)
+    assert cold == expected
+    assert warm == expected
+    assert "malformed YAML" in warm[-1]["problems"][0]
+
+
+def test_shipped_context_packs_like_the_library(cache_dir):
+    for _ in range(2):  # cold, then from the directory cache
+        _fresh_process()
+        index, _ = load_index(None)
+        for text in REQUESTS:
+            got = pack_index(index, request_from_text(text), None, (), 4000, "cl100k_base", 1.0).model()
+            assert got == pack(load_policies(None), request_from_text(text))
+
+
+def test_edit_with_same_size_and_mtime_is_seen(cache_dir, tmp_path):
+    root = _ctx(tmp_path / "ctx")
+    target = root / "p3.md"
+    before = target.stat()
+    assert "Zqrxwy" not in _dir_packs(root)[2]["text"]
+    text = target.read_text().replace("Emails MUST be masked", "Zqrxwy MUST be masked")
+    assert len(text) == before.st_size
+    target.write_text(text)
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))  # same size, same mtime
+    _fresh_process()
+    index, _ = load_index(root)
+    result = pack_index(index, None, "zqrxwy", (), 4000, "cl100k_base", 1.0)
+    assert "Zqrxwy MUST be masked" in result.text
+
+
+def test_added_and_removed_files_are_seen(cache_dir, tmp_path):
+    root = _ctx(tmp_path / "ctx")
+    load_index(root)
+    (root / "extra.md").write_text("## Ops\n- Pagers MUST reach the zanzibarquux rota.\n")
+    _fresh_process()
+    index, _ = load_index(root)
+    assert "extra.ops.1" in index.ids
+    (root / "extra.md").unlink()
+    _fresh_process()
+    index, _ = load_index(root)
+    assert "extra.ops.1" not in index.ids
+
+
+def test_corrupt_directory_cache_is_a_cold_cache(cache_dir, tmp_path):
+    root = _ctx(tmp_path / "ctx")
+    expected = _dir_packs(root)
+    (cached,) = cache_dir.glob("pack-dir-*.pkl")
+    cached.write_bytes(b"\x80\x05not a pickle")
+    _fresh_process()
+    assert _dir_packs(root) == expected
+
+
+def test_cache_off_still_packs(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATA_AGENT_CACHE_DIR", "off")
+    _fresh_process()
+    root = _ctx(tmp_path / "ctx")
+    assert _dir_packs(root) == _library_packs(root)
+    _fresh_process()
+
+
+def test_json_lists_kept_items_and_near_misses(run_cli, tmp_path):
+    from agent.commands.context import JSON_DROPPED_LISTED
+
+    root = _ctx(tmp_path / "ctx", 40)
+    args = ("context", REQUESTS[0], "--context", str(root), "--no-memory", "--budget", "300")
+    short = run_cli.json(*args)
+    full = run_cli.json(*args, "--explain")
+    assert {k: v for k, v in short.items() if k not in ("items", "items_omitted")} == {
+        k: v for k, v in full.items() if k not in ("items", "items_omitted")
+    }
+    assert full["items_omitted"] == 0
+    listed, dropped = [], 0
+    for item in full["items"]:  # in rank order: every kept clause and the best-ranked dropped ones
+        dropped += item["status"] == "dropped"
+        if item["status"] != "dropped" or dropped <= JSON_DROPPED_LISTED:
+            listed.append(item)
+    assert short["items"] == listed
+    assert short["items_omitted"] == dropped - JSON_DROPPED_LISTED > 0
+    assert sorted(i["id"] for i in listed if i["status"] == "kept") == sorted(short["policy_ids"])
+    assert json.dumps(full["items"])  # plain JSON, every clause accounted for
+    assert len(full["items"]) == 40 * 3
