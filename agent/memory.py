@@ -47,7 +47,8 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -579,12 +580,11 @@ class MemoryStore:
         return ids
 
     def remember_design(self, design: Design, *, bundle: str | None = None) -> str:
-        text = design_memory_text(design)
-        meta = design_metadata(design)
-        if bundle:
-            meta["bundle"] = bundle
-        memory = Memory(id=f"design-{design.id}", kind="design", text=text, metadata=meta)
-        return self.add(memory)
+        return self.add(design_memory(design, bundle=bundle))
+
+    def remember_designs(self, designs: Sequence[tuple[Design, str | None]]) -> list[str]:
+        """Several designs (with their bundle paths) in one deduplicated write."""
+        return self.add_many([design_memory(design, bundle=bundle) for design, bundle in designs])
 
     def add_result(
         self, design_id: str, text: str, *, source: str | None = None, agent: str | None = None
@@ -630,13 +630,15 @@ class MemoryStore:
                     kwargs["embeddings"] = self.embedder.embed([m.text for m in part])
                 collection.update(**kwargs)
 
-    def mark_used(self, ids: Sequence[str]) -> None:
+    def mark_used(self, ids: Sequence[str] | Mapping[str, int]) -> None:
+        """Count one use of each memory, or, given a mapping, that many uses (a batch's designs together)."""
         if not ids:
             return
+        uses = Counter(ids) if isinstance(ids, Mapping) else Counter(dict.fromkeys(ids, 1))
         with self.session():
-            memories = self.get_many(list(ids))
+            memories = self.get_many(list(uses))
             for m in memories:
-                m.use_count += 1
+                m.use_count += uses[m.id]
             self._update(memories)
 
     def rate(self, memory_id: str, stars: int, note: str | None = None) -> Memory:
@@ -1046,6 +1048,14 @@ def rebuild_store(path: Path, *, export: Path | None = None, bundles: Sequence[P
         "designs": len(designs),
         "count": store.count(),
     }
+
+
+def design_memory(design: Design, *, bundle: str | None = None) -> Memory:
+    """The memory a design is remembered as: a summary text and its structured metadata."""
+    meta = design_metadata(design)
+    if bundle:
+        meta["bundle"] = bundle
+    return Memory(id=f"design-{design.id}", kind="design", text=design_memory_text(design), metadata=meta)
 
 
 def design_memory_text(design: Design) -> str:

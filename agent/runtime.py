@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,11 +129,13 @@ class DataEngineerAgent:
         *,
         out: str | Path | None = None,
         on_stage: Callable[[str, float], None] | None = None,
+        remember: bool = True,
     ) -> DesignResult:
         """Design a data platform for ``request`` (a DesignRequest, a path, free text or a dict).
 
         With ``out``, the bundle is written there atomically. ``on_stage(name, seconds)`` is called after
-        each stage, for progress displays.
+        each stage, for progress displays. ``remember=False`` leaves the design out of memory for now
+        (see :meth:`remember`); the configuration can also turn remembering off for every run.
         """
         report = RunReport(design_id="", planner=self.config.planner, started_at=now_iso())
         timer = _Timer(report, on_stage)
@@ -219,19 +222,46 @@ class DataEngineerAgent:
                 # the whole design, so a damaged memory store can be rebuilt from saved bundles
                 files["design.json"] = design.model_dump_json(indent=2) + "\n"
                 bundle = write_bundle(Path(out), files)
-        if self.config.use_memory and self.config.remember:
-            with timer("remember"):
-                store = self.memory()
-                with store.session():  # one lock and one client for both writes (an open costs 10-20 ms)
-                    report.remembered = store.remember_design(design, bundle=str(bundle) if bundle else None)
-                    store.mark_used([r.memory.id for r in recalled if r.memory.id in context.memory_ids])
-        if bundle is not None:
-            # rewrite only the manifest so it carries the complete timings (write + remember)
-            files["manifest.json"] = manifest(design, report)
-            _replace_file(bundle / "manifest.json", files["manifest.json"])
-        return DesignResult(
+        result = DesignResult(
             design=design, files=files, delegations=tasks, report=report, pack=context, bundle=bundle
         )
+        if self.config.use_memory and self.config.remember and remember:
+            self.remember([result], on_stage=on_stage)
+        return result
+
+    def remember(
+        self,
+        results: Sequence[DesignResult],
+        *,
+        on_stage: Callable[[str, float], None] | None = None,
+    ) -> list[str]:
+        """Store designs in memory and count the memories each one used, in one store session (one lock,
+        one write for the lot), then complete each result's report and its bundle's manifest.
+
+        ``design`` calls this for its own result; a batch (``design --jobs N``) designs with
+        ``remember=False`` in its workers and remembers everything once at the end, so the workers only
+        read the store while they run. Returns the memory id each design ended up under."""
+        if not results:
+            return []
+        started = time.perf_counter()
+        store = self.memory()
+        used = Counter(
+            m["id"] for r in results for m in r.report.memories_used if m.get("packed") and m.get("id")
+        )
+        with store.session():
+            ids = store.remember_designs([(r.design, str(r.bundle) if r.bundle else None) for r in results])
+            store.mark_used(used)
+        share = (time.perf_counter() - started) / len(results)
+        for result, memory_id in zip(results, ids):
+            result.report.remembered = memory_id
+            result.report.stages.append(StageTiming(stage="remember", seconds=round(share, 4)))
+            if on_stage:
+                on_stage("remember", share)
+            if result.bundle is not None:
+                # rewrite only the manifest so it carries the complete timings (write + remember)
+                result.files["manifest.json"] = manifest(result.design, result.report)
+                _replace_file(result.bundle / "manifest.json", result.files["manifest.json"])
+        return ids
 
     def handle(
         self, task: DelegationTask | Mapping[str, Any], *, out: str | Path | None = None

@@ -33,6 +33,32 @@ def test_jobs_designs_every_request_into_its_own_bundle(run_cli, tmp_path: Path)
     assert all(d["report"]["artifacts"] and all(a["ok"] for a in d["report"]["artifacts"]) for d in designs)
 
 
+def test_jobs_remembers_the_batch_once_at_the_end(run_cli, tmp_path: Path) -> None:
+    """Workers only read the store; the parent stores every design (a repeat deduplicated) and counts
+    every use of a recalled memory, and each manifest names the memory its design became."""
+    from agent.memory import MemoryStore
+    from agent.starters import starter_memories
+
+    mem = tmp_path / "mem"
+    requests = [*REQUESTS, REQUESTS[0]]
+    proc = run_cli(
+        "design", *requests, "--out", tmp_path / "out", "--jobs", "2", "--json", "--memory-dir", mem
+    )
+    assert proc.returncode == 0, proc.stderr
+    designs = one_json_object(proc.stdout)["designs"]
+    remembered = [d["report"]["remembered"] for d in designs]
+    assert all(remembered) and remembered[0] == remembered[3] and len(set(remembered)) == 3
+    for d in designs:
+        manifest = json.loads((Path(d["bundle"]) / "manifest.json").read_text())
+        assert manifest["report"]["remembered"] == d["report"]["remembered"]
+        assert [s["stage"] for s in manifest["report"]["stages"]][-1] == "remember"
+    store = MemoryStore(mem)
+    assert store.count() == len(starter_memories()) + 3
+    packed = [m["id"] for d in designs for m in d["report"]["memories_used"] if m["packed"]]
+    assert packed and sum(m.use_count for m in store.all()) == len(packed)
+    store.close()
+
+
 def test_jobs_gives_the_same_designs_as_one_at_a_time(run_cli, tmp_path: Path) -> None:
     runs = {}
     for jobs in ("1", "3"):

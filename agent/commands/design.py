@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -161,11 +162,12 @@ def run(args: argparse.Namespace) -> int:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(config: Any, as_json: bool) -> None:
+def _init_worker(config: Any, as_json: bool, defer_remember: bool = False) -> None:
     from agent.runtime import DataEngineerAgent
 
     _WORKER["agent"] = DataEngineerAgent(config)
     _WORKER["json"] = as_json
+    _WORKER["defer_remember"] = defer_remember
 
 
 def _design_task(task: tuple[int, str, str]) -> dict[str, Any]:
@@ -174,8 +176,9 @@ def _design_task(task: tuple[int, str, str]) -> dict[str, Any]:
 
     index, request, out = task
     agent = _WORKER["agent"]
+    defer = _WORKER.get("defer_remember", False)
     try:
-        result = agent.design(request, out=Path(out))
+        result = agent.design(request, out=Path(out), remember=not defer)
     except DataAgentError as exc:
         return {
             "index": index,
@@ -193,21 +196,44 @@ def _design_task(task: tuple[int, str, str]) -> dict[str, Any]:
             "exit_code": 1,
         }
     outcome = {"index": index, "request": request, "ok": result.ok, **result.to_json()}
+    if defer:  # the parent remembers the whole batch; it needs the design, not the files
+        outcome["result"] = dataclasses.replace(result, files={})
+        return outcome
     if not _WORKER["json"]:
-        import contextlib
-        import io
-
-        from agent.console import print_design_summary
-
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            print_design_summary(result)
-        outcome["summary_text"] = buf.getvalue()
+        outcome["summary_text"] = _summary_text(result)
     return outcome
 
 
 def _public(outcome: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in outcome.items() if k not in ("index", "error_text", "exit_code", "ok")}
+    return {k: v for k, v in outcome.items() if k not in ("index", "error_text", "exit_code", "ok", "result")}
+
+
+def _remember_batch(config: Any, outcomes: list[dict[str, Any]], as_json: bool) -> None:
+    """Remember every design of a parallel batch in one store session, in request order, then print the
+    summaries the workers left out (they carry the remembered id)."""
+    from agent.runtime import DataEngineerAgent
+
+    done = [o for o in outcomes if "result" in o]
+    if config.use_memory and config.remember and done:
+        DataEngineerAgent(config).remember([o["result"] for o in done])
+    for outcome in done:
+        result = outcome.pop("result")
+        outcome["report"] = result.report.model_dump()
+        if not as_json:
+            outcome["summary_text"] = _summary_text(result)
+
+
+def _summary_text(result: Any) -> str:
+    """The terminal summary of one design, captured, so a batch prints them in request order."""
+    import contextlib
+    import io
+
+    from agent.console import print_design_summary
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        print_design_summary(result)
+    return buf.getvalue()
 
 
 def _run_parallel(config: Any, tasks: list[tuple[int, str, str]], workers: int, as_json: bool) -> list[dict]:
@@ -224,14 +250,16 @@ def _run_parallel(config: Any, tasks: list[tuple[int, str, str]], workers: int, 
     else:
         context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(config, as_json)
+        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(config, as_json, True)
     ) as pool:
         try:
             outcomes = list(pool.map(_design_task, tasks, chunksize=1))
         except KeyboardInterrupt:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
-    return sorted(outcomes, key=lambda o: o["index"])
+    outcomes.sort(key=lambda o: o["index"])
+    _remember_batch(config, outcomes, as_json)
+    return outcomes
 
 
 def _prewarm(config: Any) -> None:
