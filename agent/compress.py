@@ -279,12 +279,19 @@ _K1 = 1.2
 _B = 0.75
 
 
-def _postings(docs: list[list[str]]) -> dict[str, tuple[tuple[int, int], ...]]:
-    acc: dict[str, list[tuple[int, int]]] = {}
-    for i, d in enumerate(docs):
-        for term, tf in Counter(d).items():
-            acc.setdefault(term, []).append((i, tf))
-    return {t: tuple(p) for t, p in acc.items()}
+def _bags(docs: list[list[str]]) -> tuple[list[str], list[int], list[int]]:
+    """Each document's distinct terms with their frequencies, document after document, and how many
+    distinct terms each has: three flat lists that C-level Counter/extend calls fill, and that the index
+    assembles for the whole corpus with a few array operations."""
+    keys: list[str] = []
+    tfs: list[int] = []
+    counts: list[int] = []
+    for d in docs:
+        c = Counter(d)
+        keys.extend(c)
+        tfs.extend(c.values())
+        counts.append(len(c))
+    return keys, tfs, counts
 
 
 @dataclass(slots=True)
@@ -292,12 +299,12 @@ class _Facts:
     """What the index needs from one policy, independent of the rest of the corpus: cached on disk per
     file (by path + sha256 + code version) so a warm run never re-tokenises or re-stems a clause."""
 
-    clause_post: dict[str, tuple[tuple[int, int], ...]]
+    clause_bag: tuple[list[str], list[int], list[int]]  # see _bags
     clause_len: list[int]
     section_of: list[int]  # local section number of each clause
-    section_post: dict[str, tuple[tuple[int, int], ...]]
+    section_bag: tuple[list[str], list[int], list[int]]
     section_len: list[int]
-    policy_post: dict[str, tuple[tuple[int, int], ...]]
+    policy_bag: tuple[list[str], list[int], list[int]]
     policy_len: list[int]
     subjects: list[tuple[str, ...]]
     tag_stems: list[tuple[str, ...]]
@@ -339,12 +346,12 @@ def _facts_of(p: Policy) -> _Facts:
     for doc in clause_docs:
         policy_doc.extend(doc)
     return _Facts(
-        clause_post=_postings(clause_docs),
+        clause_bag=_bags(clause_docs),
         clause_len=[len(d) for d in clause_docs],
         section_of=section_of,
-        section_post=_postings(section_docs),
+        section_bag=_bags(section_docs),
         section_len=[len(d) for d in section_docs],
-        policy_post=_postings([policy_doc]),
+        policy_bag=_bags([policy_doc]),
         policy_len=[len(policy_doc)],
         subjects=[tuple(t[:2]) for t in text_terms],
         tag_stems=[tuple(sorted({stem(t) for t in set(r.tags) - {"all"}})) for r in rules],
@@ -449,28 +456,35 @@ class _Level:
 
 
 def _flatten(
-    parts: list[tuple[int, dict[str, tuple[tuple[int, int], ...]], list[int]]], vocab: dict[str, int]
+    bags: list[tuple[list[str], list[int], list[int]]], lens: list[int], vocab: dict[str, int]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Every posting of a level as (term id, document, tf) arrays, in per-file dictionary order (file by
-    file, term by term, document by document), plus the documents' lengths."""
-    tids: list[int] = []
-    docs: list[int] = []
+    """Every posting of a level as (term id, document, tf) arrays, plus the documents' lengths. Postings
+    come file by file, and within a file term by term (in order of first appearance) and document by
+    document: the order a per-file inverted index would list them in, which fixes the order in which a
+    clause's IDFs are summed (see _specificity)."""
+    keys: list[str] = []
     tfs: list[int] = []
-    lens: list[int] = []
-    for offset, postings, plens in parts:
-        lens.extend(plens)
-        for term, post in postings.items():
-            t = vocab.get(term)
-            if t is None:
-                t = vocab[term] = len(vocab)
-            tids.extend([t] * len(post))
-            for i, tf in post:
-                docs.append(offset + i)
-                tfs.append(tf)
+    counts: list[int] = []
+    per_file: list[int] = []
+    for k, tf, c in bags:
+        keys.extend(k)
+        tfs.extend(tf)
+        counts.extend(c)
+        per_file.append(len(k))
+    for term in dict.fromkeys(keys):
+        if term not in vocab:
+            vocab[term] = len(vocab)
+    tids = np.fromiter(map(vocab.__getitem__, keys), dtype=np.int64, count=len(keys))
+    docs = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    # regroup each file's postings by term, in order of the term's first appearance in the file
+    files = np.repeat(np.arange(len(per_file), dtype=np.int64), per_file)
+    pair = files * max(len(vocab), 1) + tids
+    _, first, inverse = np.unique(pair, return_index=True, return_inverse=True)
+    order = np.argsort(first[inverse], kind="stable")
     return (
-        np.array(tids, dtype=np.int64),
-        np.array(docs, dtype=np.int64),
-        np.array(tfs, dtype=np.float64),
+        tids[order],
+        docs[order],
+        np.array(tfs, dtype=np.float64)[order],
         np.array(lens, dtype=np.float64),
     )
 
@@ -595,18 +609,12 @@ def _build_index(policies: PolicySet, facts: list[_Facts], encoding: str, key: t
     tag_sets: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}
     tagsets: list[tuple[frozenset[str], frozenset[str]]] = []
     tagset_of: list[int] = []
-    clause_parts, section_parts, policy_parts = [], [], []
-    n_clause = n_section = 0
+    n_section = 0
     for n, (p, f) in enumerate(zip(policies.policies, facts)):
         p_rules = p.rules
         rules.extend(p_rules)
-        count = len(f.clause_len)
-        policy_of.extend([n] * count)
+        policy_of.extend([n] * len(f.clause_len))
         section_of.extend(n_section + s for s in f.section_of)
-        clause_parts.append((n_clause, f.clause_post, f.clause_len))
-        section_parts.append((n_section, f.section_post, f.section_len))
-        policy_parts.append((n, f.policy_post, f.policy_len))
-        n_clause += count
         n_section += len(f.section_len)
         line_tokens.extend(f.line_tokens[encoding])
         costs = f.section_cost[encoding]
@@ -635,9 +643,9 @@ def _build_index(policies: PolicySet, facts: list[_Facts], encoding: str, key: t
         id_rank[i] = id_rank[by_id[k - 1]] if k and ids[by_id[k - 1]] == ids[i] else k
     last = {r: i for i, r in enumerate(ids)}
     vocab: dict[str, int] = {}
-    clause_flat = _flatten(clause_parts, vocab)
-    section_flat = _flatten(section_parts, vocab)
-    policy_flat = _flatten(policy_parts, vocab)
+    clause_flat = _flatten([f.clause_bag for f in facts], [n for f in facts for n in f.clause_len], vocab)
+    section_flat = _flatten([f.section_bag for f in facts], [n for f in facts for n in f.section_len], vocab)
+    policy_flat = _flatten([f.policy_bag for f in facts], [n for f in facts for n in f.policy_len], vocab)
     return _Index(
         key=key,
         n_policies=len(policies.policies),
@@ -1095,13 +1103,15 @@ def _select_rules(
     start = n_always
     while start < n:
         candidates = np.flatnonzero(line_tokens[start:] <= budget - used) + start
-        for k in candidates.tolist():
-            if take(k):
-                outcome[k] = _KEPT
-                start = k + 1
+        taken = None
+        for lo in range(0, len(candidates), 64):  # usually the first few fit: convert a few at a time
+            taken = next((k for k in candidates[lo : lo + 64].tolist() if take(k)), None)
+            if taken is not None:
                 break
-        else:
+        if taken is None:
             break
+        outcome[taken] = _KEPT
+        start = taken + 1
     return kept, outcome
 
 
