@@ -244,6 +244,10 @@ class MemoryStore:
     def backend(self) -> str:
         return "server" if self.url else "embedded"
 
+    def exists(self) -> bool:
+        """An embedded store has been created in its folder (opening it then writes nothing)."""
+        return self.path is not None and (self.path / MARKER_FILE).is_file()
+
     # -- sessions ----------------------------------------------------------------------------------
 
     @contextmanager
@@ -585,6 +589,16 @@ class MemoryStore:
     def remember_designs(self, designs: Sequence[tuple[Design, str | None]]) -> list[str]:
         """Several designs (with their bundle paths) in one deduplicated write."""
         return self.add_many([design_memory(design, bundle=bundle) for design, bundle in designs])
+
+    def remember_run(
+        self, designs: Sequence[tuple[Design, str | None]], used: Mapping[str, int]
+    ) -> list[str]:
+        """What a design run (or a batch of them) writes, in one session: the designs, and one use of each
+        memory their context packs carried. Returns the id each design was stored under."""
+        with self.session():
+            ids = self.remember_designs(designs)
+            self.mark_used(used)
+        return ids
 
     def add_result(
         self, design_id: str, text: str, *, source: str | None = None, agent: str | None = None

@@ -99,13 +99,15 @@ class DataEngineerAgent:
     ['data-agent:security-engineer', 'data-agent:qa-engineer', 'data-agent:devops-engineer']
     """
 
-    def __init__(self, config: AgentConfig | None = None, **overrides: Any) -> None:
+    def __init__(self, config: AgentConfig | None = None, *, store: Any = None, **overrides: Any) -> None:
+        """``store``: a memory store to use instead of opening the configured one (a
+        :class:`agent.memory.MemoryStore`, or the CLI's :class:`agent.memory_process.MemoryProcess`)."""
         self.config = config or AgentConfig()
         for key, value in overrides.items():
             if not hasattr(self.config, key):
                 raise TypeError(f"unknown option {key!r}")
             setattr(self.config, key, value)
-        self._store: Any = None
+        self._store: Any = store
 
     # -- stages that keep state -------------------------------------------------------------------
 
@@ -248,9 +250,7 @@ class DataEngineerAgent:
         used = Counter(
             m["id"] for r in results for m in r.report.memories_used if m.get("packed") and m.get("id")
         )
-        with store.session():
-            ids = store.remember_designs([(r.design, str(r.bundle) if r.bundle else None) for r in results])
-            store.mark_used(used)
+        ids = store.remember_run([(r.design, str(r.bundle) if r.bundle else None) for r in results], used)
         share = (time.perf_counter() - started) / len(results)
         for result, memory_id in zip(results, ids):
             result.report.remembered = memory_id

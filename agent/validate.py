@@ -207,14 +207,30 @@ _DUCKDB_LOCK = threading.Lock()
 _CHECK_DB = itertools.count()
 
 
+def warm() -> None:
+    """Open the DuckDB connection and import sqlglot's optimizer ahead of the first check (a cold design
+    does this while it waits for its memory process)."""
+    import sqlglot.optimizer.qualify  # noqa: F401
+
+    with _DUCKDB_LOCK:
+        _connection()
+
+
+def _connection() -> Any:
+    import duckdb
+
+    global _DUCKDB
+    if _DUCKDB is None:
+        _DUCKDB = duckdb.connect(":memory:")
+    return _DUCKDB
+
+
 def _check_duckdb(files: Mapping[str, str], design: Design) -> ArtifactCheck:
     import duckdb
 
     global _DUCKDB
     with _DUCKDB_LOCK:
-        if _DUCKDB is None:
-            _DUCKDB = duckdb.connect(":memory:")
-        con = _DUCKDB
+        con = _connection()
         db = f"data_agent_check_{os.getpid()}_{next(_CHECK_DB)}"
         con.execute(f"ATTACH ':memory:' AS {db}")
         try:

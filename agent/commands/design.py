@@ -119,9 +119,22 @@ def run(args: argparse.Namespace) -> int:
     )
     several = len(args.requests) > 1
     if not several:
-        result = _one(
-            DataEngineerAgent(config), args.requests[0], _out_dir(args.out, args.requests[0], 0, False), args
-        )
+        store = _memory_process(config)
+        try:
+            if store is not None:  # on this CPU, while the child opens the store on the other
+                from agent.validate import warm
+
+                _prewarm(config, chroma=False)
+                warm()
+            result = _one(
+                DataEngineerAgent(config, store=store),
+                args.requests[0],
+                _out_dir(args.out, args.requests[0], 0, False),
+                args,
+            )
+        finally:
+            if store is not None:
+                store.close()
         if args.json:
             from agent.cli import emit_json
 
@@ -262,7 +275,21 @@ def _run_parallel(config: Any, tasks: list[tuple[int, str, str]], workers: int, 
     return outcomes
 
 
-def _prewarm(config: Any) -> None:
+def _memory_process(config: Any) -> Any:
+    """The memory store in a forked child, so that a cold single design imports Chroma and opens the
+    store on one CPU while this process warms everything else on the other (agent/memory_process.py).
+    None where that is not safe or not useful: no memory, more than one thread, Chroma already imported,
+    not Linux, or DATA_AGENT_MEMORY_PROCESS=0."""
+    if not config.use_memory or os.environ.get("DATA_AGENT_MEMORY_PROCESS", "1") == "0":
+        return None
+    from agent.memory_process import MemoryProcess, can_fork
+
+    if not can_fork():
+        return None
+    return MemoryProcess(config.memory_dir, config.memory_url)
+
+
+def _prewarm(config: Any, *, chroma: bool = True) -> None:
     """Import and build what every design needs, once, before forking. Nothing here opens the memory
     store or starts a thread (a forked child must not inherit a half-held lock or a client)."""
     import duckdb  # noqa: F401
@@ -281,7 +308,7 @@ def _prewarm(config: Any) -> None:
 
     encoding(config.encoding)
     warm_templates(str(config.templates) if config.templates else None)
-    if config.use_memory:
+    if config.use_memory and chroma:
         import chromadb  # noqa: F401
         import chromadb.api.rust  # noqa: F401
 

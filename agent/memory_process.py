@@ -1,0 +1,125 @@
+"""The memory store in a forked child process, for a cold ``data-agent design``.
+
+A cold design spends ~0.4 s importing Chroma and opening the store, and about as long importing and warming
+everything else (sqlglot, DuckDB, the Jinja2 templates, the tokenizer). Neither needs the other before the
+recall stage, so on Linux the CLI forks right after start-up: the child imports Chroma, opens the store and
+then answers ``recall`` and ``remember_run`` over a pipe, while the parent warms the rest on the other CPU.
+The store is used exactly as in one process (the same file lock and generation checks); the parent never
+imports Chroma.
+
+Only where forking is safe: Linux, a single thread, Chroma not imported yet. A library caller, the MCP
+server or a test that already holds clients keeps the store in its own process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from agent.errors import DataAgentError, MemoryStoreError
+
+
+def can_fork() -> bool:
+    return sys.platform == "linux" and threading.active_count() == 1 and "chromadb" not in sys.modules
+
+
+class MemoryProcess:
+    """A stand-in for :class:`agent.memory.MemoryStore` with the two calls a design makes, served by a
+    forked child. Errors raised in the child (busy, damaged, wrong embedder, ...) are raised here, unchanged,
+    at the call that met them."""
+
+    def __init__(self, memory_dir: str | Path | None, memory_url: str | None) -> None:
+        from multiprocessing.connection import Pipe
+
+        self.location = memory_url or str(memory_dir or "the memory store")
+        parent, child = Pipe()
+        pid = os.fork()
+        if pid == 0:  # the child never returns from here
+            parent.close()
+            _serve(child, memory_dir, memory_url)
+        child.close()
+        self._conn: Any = parent
+        self._pid = pid
+
+    def recall(self, request: Any, *, k: int = 5, kinds: Any = None) -> Any:
+        return self._call("recall", request, k=k, kinds=kinds)
+
+    def remember_run(self, designs: Any, used: Any) -> Any:
+        return self._call("remember_run", designs, used)
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        if self._conn is None:
+            raise MemoryStoreError("the memory process is closed", path=self.location)
+        try:
+            self._conn.send((method, args, kwargs))
+            status, value = self._conn.recv()
+        except (EOFError, OSError):
+            self.close()
+            raise MemoryStoreError(
+                "the memory process ended unexpectedly", path=self.location, hint="run the design again"
+            ) from None
+        if status == "error":
+            raise value
+        return value
+
+    def close(self) -> None:
+        """Ask the child to close the store and exit, and reap it."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        with contextlib.suppress(OSError):  # already gone
+            conn.send(("close", (), {}))
+        conn.close()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self._pid, 0)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _serve(conn: Any, memory_dir: str | Path | None, memory_url: str | None) -> None:
+    """The child: open the store at once (this is the work being overlapped), then answer calls until told
+    to close or the parent goes away. Always leaves through ``os._exit``: nothing of the parent's exit
+    handlers or buffered output runs or is written twice here."""
+    code = 0
+    store: Any = None
+    opening_error: BaseException | None = None
+    try:
+        from agent.memory import open_store
+
+        try:
+            store = open_store(memory_dir, memory_url)
+            if store.url or store.exists():
+                store.count()  # import Chroma and open the client: the slow part
+            else:  # a new store is created (and seeded) by the first call, as in one process
+                import chromadb.api.rust  # noqa: F401
+        except DataAgentError as exc:
+            opening_error = exc  # reported at the first call, where the in-process run would meet it
+        while True:
+            try:
+                method, args, kwargs = conn.recv()
+            except EOFError:  # the parent exited or was killed
+                break
+            if method == "close":
+                break
+            try:
+                if opening_error is not None:
+                    raise opening_error
+                reply: tuple[str, Any] = ("ok", getattr(store, method)(*args, **kwargs))
+            except DataAgentError as exc:
+                reply = ("error", exc)
+            except Exception as exc:  # noqa: BLE001 - report, as the in-process call would raise
+                reply = ("error", MemoryStoreError(f"{type(exc).__name__}: {exc}"[:300], path=store.location))
+            conn.send(reply)
+    except BaseException:  # noqa: BLE001 - Ctrl-C or SIGTERM reach the child too; the parent reports them
+        code = 1
+    finally:
+        try:
+            if store is not None:
+                store.close()
+        finally:
+            os._exit(code)
