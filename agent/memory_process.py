@@ -17,6 +17,7 @@ import contextlib
 import os
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,15 @@ class MemoryProcess:
     forked child. Errors raised in the child (busy, damaged, wrong embedder, ...) are raised here, unchanged,
     at the call that met them."""
 
-    def __init__(self, memory_dir: str | Path | None, memory_url: str | None) -> None:
+    def __init__(
+        self,
+        memory_dir: str | Path | None,
+        memory_url: str | None,
+        *,
+        while_waiting: Callable[[], None] | None = None,
+    ) -> None:
+        """``while_waiting`` runs once, in this process, the first time a call has to wait for the child:
+        the CLI warms the rest of the pipeline there."""
         from multiprocessing.connection import Pipe
 
         self.location = memory_url or str(memory_dir or "the memory store")
@@ -44,6 +53,15 @@ class MemoryProcess:
         child.close()
         self._conn: Any = parent
         self._pid = pid
+        self._while_waiting = while_waiting
+
+    def prepare(self) -> None:
+        """The request is valid: open the store now (creating and seeding it if it is new), without
+        waiting. Until this or a call arrives, the child only imports Chroma, so a run that fails on its
+        request never creates a store."""
+        if self._conn is not None:
+            with contextlib.suppress(OSError):  # a dead child is reported by the next call
+                self._conn.send(("prepare", (), {}))
 
     def recall(self, request: Any, *, k: int = 5, kinds: Any = None) -> Any:
         return self._call("recall", request, k=k, kinds=kinds)
@@ -56,6 +74,9 @@ class MemoryProcess:
             raise MemoryStoreError("the memory process is closed", path=self.location)
         try:
             self._conn.send((method, args, kwargs))
+            if self._while_waiting is not None:
+                warm, self._while_waiting = self._while_waiting, None
+                warm()
             status, value = self._conn.recv()
         except (EOFError, OSError):
             self.close()
@@ -95,7 +116,7 @@ def _serve(conn: Any, memory_dir: str | Path | None, memory_url: str | None) -> 
             store = open_store(memory_dir, memory_url)
             if store.url or store.exists():
                 store.count()  # import Chroma and open the client: the slow part
-            else:  # a new store is created (and seeded) by the first call, as in one process
+            else:  # a new store is created (and seeded) once the parent says the request is valid
                 import chromadb.api.rust  # noqa: F401
         except DataAgentError as exc:
             opening_error = exc  # reported at the first call, where the in-process run would meet it
@@ -106,6 +127,11 @@ def _serve(conn: Any, memory_dir: str | Path | None, memory_url: str | None) -> 
                 break
             if method == "close":
                 break
+            if method == "prepare":  # no reply: an error here is met again, and reported, by the next call
+                if opening_error is None:
+                    with contextlib.suppress(DataAgentError):
+                        store.count()
+                continue
             try:
                 if opening_error is not None:
                     raise opening_error

@@ -121,11 +121,6 @@ def run(args: argparse.Namespace) -> int:
     if not several:
         store = _memory_process(config)
         try:
-            if store is not None:  # on this CPU, while the child opens the store on the other
-                from agent.validate import warm
-
-                _prewarm(config, chroma=False)
-                warm()
             result = _one(
                 DataEngineerAgent(config, store=store),
                 args.requests[0],
@@ -286,7 +281,14 @@ def _memory_process(config: Any) -> Any:
 
     if not can_fork():
         return None
-    return MemoryProcess(config.memory_dir, config.memory_url)
+
+    def warm() -> None:  # on this CPU, while the child opens the store on the other
+        from agent.validate import warm as warm_validation
+
+        _prewarm(config, chroma=False)
+        warm_validation()
+
+    return MemoryProcess(config.memory_dir, config.memory_url, while_waiting=warm)
 
 
 def _prewarm(config: Any, *, chroma: bool = True) -> None:
