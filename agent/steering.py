@@ -112,9 +112,10 @@ def cache_file() -> Path | None:
 _DISK = PickleCache(cache_file, prefix=".policies-")
 
 
-def _remember(key: str, entry: _Entry) -> None:
+def _remember(key: str, entry: _Entry, disk: bool = True) -> None:
     _CACHE[key] = entry
-    _DISK.put(key, entry)
+    if disk:
+        _DISK.put(key, entry)
 
 
 def load_policies(context: str | Path | None = None) -> PolicySet:
@@ -143,31 +144,46 @@ def scan(context: str | Path | None = None) -> tuple[Path, list[Path], list[Load
 def load_scanned(root: Path, files: list[Path], problems: list[LoadProblem]) -> PolicySet:
     """Load the files ``scan`` found; ``problems`` (the walk's) are kept first, as load_policies reports."""
     result = PolicySet(root=root, problems=problems)
+    loaded = [_load_policy_file(path, root) for path in files]
+    kept = keep_unique(files, [(p.id if p else None, found) for _, (p, found) in loaded], problems)
+    result.policies = [loaded[n][1][0] for n in kept]  # type: ignore[misc]
+    result.sources = [loaded[n][0] for n in kept]
+    _DISK.flush()
+    if not kept:
+        raise nothing_loaded(root, problems)
+    return result
+
+
+def keep_unique(
+    files: list[Path], outcomes: list[tuple[str | None, list[LoadProblem]]], problems: list[LoadProblem]
+) -> list[int]:
+    """Which files' policies are kept, given each file's policy id (None: it yielded none) and problems,
+    in load order: the first file with an id wins and a later one is reported. Appends to ``problems``."""
     seen_ids: dict[str, str] = {}
-    for path in files:
-        source, (policy, file_problems) = _load_policy_file(path, root)
-        result.problems.extend(file_problems)
-        if policy is None:
+    kept: list[int] = []
+    for n, (path, (policy_id, found)) in enumerate(zip(files, outcomes)):
+        problems.extend(found)
+        if policy_id is None:
             continue
-        if policy.id in seen_ids:
-            result.problems.append(
+        if policy_id in seen_ids:
+            problems.append(
                 LoadProblem(
                     path=str(path),
                     line=1,
                     message=(
-                        f"duplicate policy id {policy.id!r} (also in {seen_ids[policy.id]}); this file was skipped"
+                        f"duplicate policy id {policy_id!r} (also in {seen_ids[policy_id]}); this file was skipped"
                     ),
                 )
             )
             continue
-        seen_ids[policy.id] = str(path)
-        result.policies.append(policy)
-        result.sources.append(source)
-    _DISK.flush()
-    if not result.policies:
-        detail = "; ".join(str(p) for p in result.problems[:3]) or "no normative clauses"
-        raise PolicyError(f"no policy could be loaded ({detail})", path=root)
-    return result
+        seen_ids[policy_id] = str(path)
+        kept.append(n)
+    return kept
+
+
+def nothing_loaded(root: Path, problems: list[LoadProblem]) -> PolicyError:
+    detail = "; ".join(str(p) for p in problems[:3]) or "no normative clauses"
+    return PolicyError(f"no policy could be loaded ({detail})", path=root)
 
 
 def _walk(root: Path, problems: list[LoadProblem]) -> Iterable[Path]:
@@ -234,8 +250,11 @@ def load_policy_file(path: Path, root: Path | None = None) -> tuple[Policy | Non
     return _load_policy_file(path, root)[1]
 
 
-def _load_policy_file(path: Path, root: Path | None) -> tuple[str, tuple[Policy | None, list[LoadProblem]]]:
-    """The file's cache identity ("<absolute path>:<sha256>", or "" when unread) and what it yielded."""
+def _load_policy_file(
+    path: Path, root: Path | None, *, disk: bool = True
+) -> tuple[str, tuple[Policy | None, list[LoadProblem]]]:
+    """The file's cache identity ("<absolute path>:<sha256>", or "" when unread) and what it yielded.
+    ``disk=False``: neither read nor fill the parse cache's disk file, only this process's copy."""
     try:
         st = path.stat()
     except OSError as exc:
@@ -257,7 +276,7 @@ def _load_policy_file(path: Path, root: Path | None) -> tuple[str, tuple[Policy 
     cached = _CACHE.get(key)
     if cached and cached[0] == stamp:
         return f"{key}:{cached[1]}", _copy(cached)
-    if cached is None and (cached := _DISK.data().get(key)) and cached[0] == stamp:
+    if cached is None and disk and (cached := _DISK.data().get(key)) and cached[0] == stamp:
         _CACHE[key] = cached
         return f"{key}:{cached[1]}", _copy(cached)
     try:
@@ -266,10 +285,10 @@ def _load_policy_file(path: Path, root: Path | None) -> tuple[str, tuple[Policy 
         return "", (None, [LoadProblem(path=str(path), message=f"cannot read: {exc.strerror or exc}")])
     digest = hashlib.sha256(raw).hexdigest()
     if cached and cached[1] == digest:
-        _remember(key, (stamp, digest, cached[2], cached[3]))
+        _remember(key, (stamp, digest, cached[2], cached[3]), disk)
         return f"{key}:{digest}", _copy(cached)
     policy, problems = parse_policy_bytes(raw, path, root)
-    _remember(key, (stamp, digest, policy, problems))
+    _remember(key, (stamp, digest, policy, problems), disk)
     return f"{key}:{digest}", _copy(_CACHE[key])
 
 

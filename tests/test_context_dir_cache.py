@@ -153,3 +153,60 @@ def test_json_lists_kept_items_and_near_misses(run_cli, tmp_path):
     assert sorted(i["id"] for i in listed if i["status"] == "kept") == sorted(short["policy_ids"])
     assert json.dumps(full["items"])  # plain JSON, every clause accounted for
     assert len(full["items"]) == 40 * 3
+
+
+def test_an_edit_reparses_only_the_edited_file(cache_dir, tmp_path, monkeypatch):
+    root = _ctx(tmp_path / "ctx")
+    load_index(root)
+    (root / "p2.md").write_text((root / "p2.md").read_text().replace("retry 4 times", "retry 9 times"))
+    _fresh_process()
+    parsed = []
+    original = steering.parse_policy_bytes
+    monkeypatch.setattr(
+        steering,
+        "parse_policy_bytes",
+        lambda raw, path, root=None: parsed.append(path.name) or original(raw, path, root),
+    )
+    index, _ = load_index(root)
+    assert parsed == ["p2.md"]
+    assert "- [p2.loads-2.1] Jobs MUST retry 9 times.\n" in index.lines.all()
+    _fresh_process()
+    assert _dir_packs(root) == _library_packs(root)
+
+
+def test_duplicate_ids_and_problems_are_reported_as_the_loader_does(cache_dir, tmp_path):
+    root = _ctx(tmp_path / "ctx")
+    (root / "zz-copy.md").write_text((root / "p1.md").read_text())
+    (root / "notes.txt").write_text("Nothing normative here.\n")
+    (root / "blob.md").write_bytes(b"\x00\x01binary")
+    expected = _library_packs(root)
+    assert any("duplicate policy id 'p1'" in p for p in expected[-1]["problems"])
+    for _ in range(2):  # cold, then warm
+        _fresh_process()
+        assert _dir_packs(root) == expected
+
+
+def test_forked_loading_gives_the_same_index(cache_dir, tmp_path, monkeypatch):
+    root = _ctx(tmp_path / "ctx", 12)
+    (root / "broken.yaml").write_text("rules: [unclosed\n")
+    expected = _library_packs(root)
+    monkeypatch.setattr(compress, "PARALLEL_MIN_FILES", 2)
+    _fresh_process()
+    assert _dir_packs(root) == expected
+
+
+def test_a_failed_child_is_done_by_the_parent(cache_dir, tmp_path, monkeypatch):
+    root = _ctx(tmp_path / "ctx", 12)
+    expected = _library_packs(root)
+    monkeypatch.setattr(compress, "PARALLEL_MIN_FILES", 2)
+    parent = os.getpid()
+    original = compress._load_files
+
+    def child_dies(*args, **kwargs):
+        if os.getpid() != parent:
+            raise RuntimeError("child crashed")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(compress, "_load_files", child_dies)
+    _fresh_process()
+    assert _dir_packs(root) == expected
