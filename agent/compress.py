@@ -325,6 +325,7 @@ class _Facts:
     modalities: list[str]
     tags: list[tuple[str, ...]]
     clause_bag: tuple[list[str], list[int], list[int]]  # see _bags
+    clause_rank: list[int]  # per clause_bag entry: its term's rank in order of first appearance in the file
     clause_len: list[int]
     section_of: list[int]  # local section number of each clause
     section_bag: tuple[list[str], list[int], list[int]]
@@ -370,6 +371,8 @@ def _facts_of(p: Policy) -> _Facts:
     policy_doc = terms(f"{p.title} {p.title} {p.kind} {' '.join(p.applies_to)}")
     for doc in clause_docs:
         policy_doc.extend(doc)
+    clause_bag = _bags(clause_docs)
+    first_seen = dict(zip(dict.fromkeys(clause_bag[0]), range(len(clause_bag[0]))))
     return _Facts(
         policy_id=p.id,
         policy_title=p.title,
@@ -379,7 +382,8 @@ def _facts_of(p: Policy) -> _Facts:
         always=[r.always for r in rules],
         modalities=[r.modality for r in rules],
         tags=[tuple(r.tags) for r in rules],
-        clause_bag=_bags(clause_docs),
+        clause_bag=clause_bag,
+        clause_rank=list(map(first_seen.__getitem__, clause_bag[0])),
         clause_len=[len(d) for d in clause_docs],
         section_of=section_of,
         section_bag=_bags(section_docs),
@@ -492,12 +496,13 @@ def _flatten(
     bags: list[tuple[list[str], list[int], list[int]]],
     lens: list[int],
     vocab: dict[str, int],
-    regroup: bool = False,
+    ranks: list[list[int]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Every posting of a level as (term id, document, tf) arrays, plus the documents' lengths. With
-    ``regroup``, postings come file by file, and within a file term by term (in order of first appearance)
-    and document by document: the order a per-file inverted index would list them in, which fixes the
-    order in which a clause's IDFs are summed (see _specificity). BM25 scores do not depend on it."""
+    ``ranks`` (see _Facts.clause_rank), postings come file by file, and within a file term by term (in
+    order of first appearance) and document by document: the order a per-file inverted index would list
+    them in, which fixes the order in which a clause's IDFs are summed (see _specificity). BM25 scores do
+    not depend on it."""
     keys: list[str] = []
     tfs: list[int] = []
     counts: list[int] = []
@@ -513,11 +518,13 @@ def _flatten(
     tids = np.fromiter(map(vocab.__getitem__, keys), dtype=np.int64, count=len(keys))
     docs = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
     tf = np.array(tfs, dtype=np.float64)
-    if regroup:  # each file's postings by term, in order of the term's first appearance in the file
-        files = np.repeat(np.arange(len(per_file), dtype=np.int64), per_file)
-        pair = files * max(len(vocab), 1) + tids
-        _, first, inverse = np.unique(pair, return_index=True, return_inverse=True)
-        order = np.argsort(first[inverse], kind="stable")
+    if ranks is not None:  # each file's postings by term, in order of the term's first appearance in it
+        rank: list[int] = []
+        for r in ranks:
+            rank.extend(r)
+        start = np.zeros(len(per_file), dtype=np.int64)
+        np.cumsum(per_file[:-1], out=start[1:])
+        order = np.argsort(np.repeat(start, per_file) + np.array(rank, dtype=np.int64), kind="stable")
         tids, docs, tf = tids[order], docs[order], tf[order]
     return tids, docs, tf, np.array(lens, dtype=np.float64)
 
@@ -681,7 +688,10 @@ def _build_index(facts: list[_Facts], encoding: str, key: tuple) -> _Index:
     last = {r: i for i, r in enumerate(ids)}
     vocab: dict[str, int] = {}
     clause_flat = _flatten(
-        [f.clause_bag for f in facts], [n for f in facts for n in f.clause_len], vocab, True
+        [f.clause_bag for f in facts],
+        [n for f in facts for n in f.clause_len],
+        vocab,
+        [f.clause_rank for f in facts],
     )
     section_flat = _flatten([f.section_bag for f in facts], [n for f in facts for n in f.section_len], vocab)
     policy_flat = _flatten([f.policy_bag for f in facts], [n for f in facts for n in f.policy_len], vocab)

@@ -39,7 +39,7 @@ JSON_DROPPED_LISTED = 20
 def run(args: argparse.Namespace) -> int:
     from agent.compress import load_index, pack_index
     from agent.errors import DataAgentError
-    from agent.runtime import to_request
+    from agent.request import load_request  # runtime.to_request's own call for text; no runtime import
     from agent.tokens import DEFAULT_CLAUDE_SAFETY_FACTOR
 
     if args.budget < 50:
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     # exit: cyclic GC passes over them would cost more than the work itself, and there are no cycles
     # worth collecting here.
     gc.disable()
-    request = to_request(args.request)
+    request = load_request(args.request)
     # the packing index straight from the whole-directory cache when the directory is unchanged: no
     # policy models are built for a pack that keeps a few hundred of tens of thousands of clauses
     index, problems = load_index(args.context, args.encoding)
