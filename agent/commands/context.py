@@ -37,6 +37,8 @@ JSON_DROPPED_LISTED = 20
 
 
 def run(args: argparse.Namespace) -> int:
+    import gc
+
     from agent.compress import load_index, pack_index
     from agent.errors import DataAgentError
     from agent.request import load_request  # runtime.to_request's own call for text; no runtime import
@@ -44,8 +46,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.budget < 50:
         raise DataAgentError("--budget must be at least 50 tokens", field="budget")
-    import gc
-
     # A one-shot command over a large context directory allocates many small objects and frees them at
     # exit: cyclic GC passes over them would cost more than the work itself, and there are no cycles
     # worth collecting here.
@@ -54,6 +54,10 @@ def run(args: argparse.Namespace) -> int:
     # the packing index straight from the whole-directory cache when the directory is unchanged: no
     # policy models are built for a pack that keeps a few hundred of tens of thousands of clauses
     index, problems = load_index(args.context, args.encoding)
+    # Interpreter shutdown still runs one full collection, over every object loading left alive (policy
+    # models, per-file facts): 0.4 s after a cold load of 5,000 files. Frozen objects are skipped; what
+    # is created from here on (the memory store's client) is still collected and finalised as usual.
+    gc.freeze()
     memories = []
     if not args.no_memory:
         from agent.memory import open_store
