@@ -1201,7 +1201,7 @@ def _stamps(files: list[Path]) -> tuple | None:
     out = []
     for f in files:
         try:
-            st = f.stat()
+            st = os.stat(f)
         except OSError:
             return None  # an unreadable entry is reported by the loader; never cache around it
         out.append((str(f), st.st_mtime_ns, st.st_size, st.st_ctime_ns, st.st_ino))
@@ -1271,6 +1271,27 @@ def _load_files_parallel(paths: list[Path], root: Path, store: dict, encoding: s
     return mine + theirs
 
 
+def _flush_aside(cache: PickleCache, loaded: int) -> int | None:
+    """Write ``cache`` from a forked child while the caller builds the index (pickling the facts of
+    5,000 files is 0.2 s); returns the child to wait for, or None when it was written here. The command
+    waits for the child before it returns, so no work outlives it."""
+    if loaded < PARALLEL_MIN_FILES or not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
+        cache.flush()
+        return None
+    try:
+        pid = os.fork()
+    except OSError:
+        cache.flush()
+        return None
+    if pid == 0:
+        try:
+            cache.flush()
+        finally:
+            os._exit(0)
+    cache.dirty = False  # the child writes it; should it fail, this is only a colder cache next time
+    return pid
+
+
 def load_index(context: str | Path | None, encoding: str = tokens.DEFAULT_ENCODING) -> tuple[_Index, list]:
     """The packing index of a context directory and its load problems, without building a policy model
     when the directory is unchanged since the last run (see the whole-directory cache above)."""
@@ -1305,11 +1326,12 @@ def load_index(context: str | Path | None, encoding: str = tokens.DEFAULT_ENCODI
         if facts is not None and source and store.get(source) is not facts:
             store[source] = facts
             _FACTS.mark_dirty()
+    writer = None
     if _FACTS.dirty:
         current = {src.rpartition(":")[0]: src for src, _, _ in done if src}
         for stale in [k for k in store if current.get(k.rpartition(":")[0], k) != k]:
             del store[stale]
-        _FACTS.flush()
+        writer = _flush_aside(_FACTS, len(todo))
     index = _build_index([done[n][1] for n in kept], encoding, ("dir", str(root.absolute()), encoding))
     if where is not None:
         records = {
@@ -1326,4 +1348,7 @@ def load_index(context: str | Path | None, encoding: str = tokens.DEFAULT_ENCODI
             },
             prefix=".pack-dir-",
         )
+    if writer is not None:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(writer, 0)
     return index, problems

@@ -189,10 +189,12 @@ def nothing_loaded(root: Path, problems: list[LoadProblem]) -> PolicyError:
 def _walk(root: Path, problems: list[LoadProblem]) -> Iterable[Path]:
     """Files under root, sorted, following symlinks once and reporting loops instead of hanging."""
     visited: set[tuple[int, int]] = set()
-    stack = [root]
-    out: list[Path] = []
+    # each folder with its path components below root: a file's sort key is its folder's plus its name,
+    # which orders files as pathlib does (by component) without pathlib parsing each path
+    stack: list[tuple[Path, tuple[str, ...]]] = [(root, ())]
+    out: list[tuple[tuple[str, ...], str]] = []
     while stack:
-        folder = stack.pop()
+        folder, below = stack.pop()
         try:
             st = folder.stat()
         except OSError as exc:
@@ -220,18 +222,18 @@ def _walk(root: Path, problems: list[LoadProblem]) -> Iterable[Path]:
             try:
                 if not entry.is_symlink():
                     if entry.is_dir(follow_symlinks=False):
-                        stack.append(Path(entry.path))
+                        stack.append((Path(entry.path), (*below, name)))
                     elif (
                         entry.is_file(follow_symlinks=False)
                         and os.path.splitext(name)[1].lower() in POLICY_SUFFIXES
                     ):
-                        out.append(Path(entry.path))
+                        out.append(((*below, name), entry.path))
                     continue
                 path = Path(entry.path)  # a symlink: pathlib's rules (a loop or a dangling link is reported)
                 if path.is_dir():
-                    stack.append(path)
+                    stack.append((path, (*below, name)))
                 elif path.is_file() and path.suffix.lower() in POLICY_SUFFIXES:
-                    out.append(path)
+                    out.append(((*below, name), entry.path))
                 elif not path.exists():
                     problems.append(
                         LoadProblem(
@@ -242,8 +244,8 @@ def _walk(root: Path, problems: list[LoadProblem]) -> Iterable[Path]:
                     )
             except OSError as exc:
                 problems.append(LoadProblem(path=entry.path, message=f"cannot read: {exc.strerror or exc}"))
-    # pathlib's order (by path components), computed once per path rather than per comparison
-    return sorted(out, key=lambda p: p.parts)
+    out.sort()
+    return [Path(path) for _, path in out]
 
 
 def load_policy_file(path: Path, root: Path | None = None) -> tuple[Policy | None, list[LoadProblem]]:

@@ -193,6 +193,8 @@ def test_forked_loading_gives_the_same_index(cache_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(compress, "PARALLEL_MIN_FILES", 2)
     _fresh_process()
     assert _dir_packs(root) == expected
+    _fresh_process()  # the facts cache was written by a forked writer: all 12 policies are in it
+    assert len([k for k in compress._FACTS.data() if k.startswith(str(root.absolute()))]) == 12
 
 
 def test_a_failed_child_is_done_by_the_parent(cache_dir, tmp_path, monkeypatch):
