@@ -318,9 +318,10 @@ class _Facts:
 
     policy_id: str
     policy_title: str
-    ids: list[str]  # per clause, in document order: rule.id, .text, .section (its heading), ...
-    texts: list[str]
-    heads: list[str]
+    ids: list[str]  # per clause, in document order: rule.id, its pack line, its heading, ...
+    lines: list[str]
+    head_of: list[int]  # index into heads: a clause's heading is its rule.section
+    heads: list[str]  # distinct, in order of first appearance
     always: list[bool]
     modalities: list[str]
     tags: list[tuple[str, ...]]
@@ -373,12 +374,14 @@ def _facts_of(p: Policy) -> _Facts:
         policy_doc.extend(doc)
     clause_bag = _bags(clause_docs)
     first_seen = dict(zip(dict.fromkeys(clause_bag[0]), range(len(clause_bag[0]))))
+    heads = {h: n for n, h in enumerate(dict.fromkeys(r.section for r in rules))}
     return _Facts(
         policy_id=p.id,
         policy_title=p.title,
         ids=[r.id for r in rules],
-        texts=[r.text for r in rules],
-        heads=[r.section for r in rules],
+        lines=[f"- [{r.id}] {r.text}\n" for r in rules],
+        head_of=[heads[r.section] for r in rules],
+        heads=list(heads),
         always=[r.always for r in rules],
         modalities=[r.modality for r in rules],
         tags=[tuple(r.tags) for r in rules],
@@ -402,8 +405,8 @@ def _with_tokens(f: _Facts, encoding: str) -> bool:
     """Fill the token counts for ``encoding``; True when something was computed."""
     if encoding in f.line_tokens:
         return False
-    f.line_tokens[encoding] = tokens.count_many([f"- [{i}] {t}\n" for i, t in zip(f.ids, f.texts)], encoding)
-    f.section_cost[encoding] = {h: tokens.count(f"### {h}\n", encoding) for h in dict.fromkeys(f.heads)}
+    f.line_tokens[encoding] = tokens.count_many(f.lines, encoding)
+    f.section_cost[encoding] = {h: tokens.count(f"### {h}\n", encoding) for h in f.heads}
     f.policy_cost[encoding] = tokens.count(f"\n## {f.policy_title} [{f.policy_id}]\n", encoding)
     return True
 
@@ -641,46 +644,33 @@ def _build_index(facts: list[_Facts], encoding: str, key: tuple) -> _Index:
     head_of: list[int] = []
     heads: list[str] = []
     head_cost: list[int] = []
-    head_ids: dict[tuple[int, str], int] = {}
     line_tokens: list[int] = []
-    subjects: dict[tuple[str, ...], int] = {}
-    subject_of: list[int] = []
-    tag_sets: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}
-    tagsets: list[tuple[frozenset[str], frozenset[str]]] = []
-    tagset_of: list[int] = []
+    subjects: list[tuple[str, ...]] = []
+    tag_keys: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
     ids: list[str] = []
     lines: list[str] = []
     always: list[bool] = []
     modalities: list[str] = []
     n_section = 0
-    for n, f in enumerate(facts):
+    for n, f in enumerate(facts):  # list-level copies only: per-clause work happened in _facts_of
         ids.extend(f.ids)
-        lines.extend([f"- [{i}] {t}\n" for i, t in zip(f.ids, f.texts)])
+        lines.extend(f.lines)
         always.extend(f.always)
         modalities.extend(f.modalities)
         policy_of.extend([n] * len(f.ids))
         section_of.extend([n_section + s for s in f.section_of])
         n_section += len(f.section_len)
         line_tokens.extend(f.line_tokens[encoding])
+        head_of.extend([len(heads) + h for h in f.head_of])
         costs = f.section_cost[encoding]
-        for head in f.heads:
-            h = head_ids.get((n, head))
-            if h is None:
-                h = head_ids[(n, head)] = len(heads)
-                heads.append(head)
-                head_cost.append(costs[head])
-            head_of.append(h)
-        for subject in f.subjects:
-            k = subjects.get(subject)
-            if k is None:
-                k = subjects[subject] = len(subjects)
-            subject_of.append(k)
-        for tags, stems in zip(f.tags, f.tag_stems):
-            t = tag_sets.get((tags, stems))
-            if t is None:
-                t = tag_sets[(tags, stems)] = len(tagsets)
-                tagsets.append((frozenset(set(tags) - {"all"}), frozenset(stems)))
-            tagset_of.append(t)
+        head_cost.extend([costs[h] for h in f.heads])
+        heads.extend(f.heads)
+        subjects.extend(f.subjects)
+        tag_keys.extend(zip(f.tags, f.tag_stems))
+    # numbered by first appearance, with C-level dict building and lookups
+    subject_ids = dict(zip(dict.fromkeys(subjects), range(len(subjects))))
+    tag_ids = dict(zip(dict.fromkeys(tag_keys), range(len(tag_keys))))
+    tagsets = [(frozenset(set(tags) - {"all"}), frozenset(stems)) for tags, stems in tag_ids]
     by_id = sorted(range(len(ids)), key=ids.__getitem__)
     id_rank = [0] * len(ids)
     for k, i in enumerate(by_id):
@@ -713,10 +703,10 @@ def _build_index(facts: list[_Facts], encoding: str, key: tuple) -> _Index:
         always=np.array(always, dtype=bool),
         modality_term=np.array([0.15 * MODALITY_WEIGHT.get(m, 0.5) for m in modalities], dtype=np.float64),
         specificity_term=SPECIFICITY_WEIGHT * _specificity(clause_flat),
-        subject_of=np.array(subject_of, dtype=np.int32),
+        subject_of=np.fromiter(map(subject_ids.__getitem__, subjects), dtype=np.int32, count=len(subjects)),
         id_rank=np.array(id_rank, dtype=np.int32),
         render_key=np.array([last[r] for r in ids], dtype=np.int32),
-        tagset_of=np.array(tagset_of, dtype=np.int32),
+        tagset_of=np.fromiter(map(tag_ids.__getitem__, tag_keys), dtype=np.int32, count=len(tag_keys)),
         tagsets=tagsets,
         vocab=vocab,
         clause_bm25=_level(clause_flat, len(vocab)),
@@ -1235,11 +1225,22 @@ def _load_files(paths: list[Path], root: Path, store: dict, encoding: str) -> li
 PARALLEL_MIN_FILES = 400
 
 
-def _load_files_parallel(paths: list[Path], root: Path, store: dict, encoding: str) -> list[_Loaded]:
+# The child's share of the bytes to load: it also pickles its results (~10% of its work) while the parent
+# only unpickles them.
+CHILD_SHARE = 0.47
+
+
+def _load_files_parallel(
+    paths: list[Path], sizes: list[int], root: Path, store: dict, encoding: str
+) -> list[_Loaded]:
     if len(paths) < PARALLEL_MIN_FILES or not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
         return _load_files(paths, root, store, encoding)
     tokens.encoding(encoding)  # built once, before the fork, for both processes
-    half = len(paths) // 2
+    # split by bytes, not by count: parsing and tokenising cost follows the text
+    target, total, half = (1 - CHILD_SHARE) * sum(sizes), 0, 0
+    while half < len(paths) - 1 and total < target:
+        total += sizes[half]
+        half += 1
     r, w = os.pipe()
     try:
         pid = os.fork()
@@ -1315,7 +1316,8 @@ def load_index(context: str | Path | None, encoding: str = tokens.DEFAULT_ENCODI
             todo.append(n)
     if stamps is None:
         todo = list(range(len(files)))
-    for n, got in zip(todo, _load_files_parallel([files[n] for n in todo], root, store, encoding)):
+    sizes = [stamps[n][2] if stamps else 1 for n in todo]
+    for n, got in zip(todo, _load_files_parallel([files[n] for n in todo], sizes, root, store, encoding)):
         loaded[n] = got
     done = [x for x in loaded if x is not None]
     problems = list(walk_problems)
