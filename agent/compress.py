@@ -631,9 +631,8 @@ def _index(policies: PolicySet, encoding: str) -> _Index:
     if cached is not None and cached.key == key:
         return cached
     index = _build_index(_policy_facts(policies, encoding), encoding, key)
-    with contextlib.suppress(
-        AttributeError
-    ):  # cached on the set: the runtime packs a loaded set once or more
+    # cached on the set: the runtime packs a loaded set once or more
+    with contextlib.suppress(AttributeError):
         policies._pack_index = index  # type: ignore[attr-defined]
     return index
 
