@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from agent import tokens
-from agent.diskcache import PickleCache, load_pickle, save_pickle
+from agent.diskcache import PickleCache, load_mapped, save_mapped
 from agent.models import ContextPack, DesignRequest, PackItem, Policy, PolicyRule, RecalledMemory
 from agent.steering import PolicySet
 
@@ -564,14 +564,14 @@ def _specificity(flat: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) ->
 
 
 class _Lines:
-    """Strings kept as one UTF-8 blob and offsets: loading them from the cache costs one read, and only
-    the few clauses a pack keeps are ever decoded."""
+    """Strings kept as one UTF-8 blob (an array, so a mapped cache file holds it out of band) and their
+    end offsets: loading them costs nothing, and only the few a pack keeps are ever decoded."""
 
     __slots__ = ("blob", "ends")
 
     def __init__(self, strings: list[str]) -> None:
         encoded = [s.encode() for s in strings]
-        self.blob = b"".join(encoded)
+        self.blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
         self.ends = np.cumsum([len(e) for e in encoded], dtype=np.int64)
 
     def __getstate__(self) -> tuple:
@@ -585,7 +585,7 @@ class _Lines:
 
     def __getitem__(self, i: int) -> str:
         start = int(self.ends[i - 1]) if i else 0
-        return self.blob[start : int(self.ends[i])].decode()
+        return self.blob[start : int(self.ends[i])].tobytes().decode()
 
     def all(self) -> list[str]:
         return [self[i] for i in range(len(self))]
@@ -598,7 +598,7 @@ class _Index:
 
     key: tuple
     n_policies: int
-    ids: list[str]
+    ids: _Lines
     lines: _Lines
     policy_ids: list[str]
     policy_titles: list[str]
@@ -687,7 +687,7 @@ def _build_index(facts: list[_Facts], encoding: str, key: tuple) -> _Index:
     return _Index(
         key=key,
         n_policies=len(facts),
-        ids=ids,
+        ids=_Lines(ids),
         lines=_Lines(lines),
         policy_ids=[f.policy_id for f in facts],
         policy_titles=[f.policy_title for f in facts],
@@ -1183,7 +1183,7 @@ def _dir_index_file(root: Path, encoding: str) -> Path | None:
     if facts is None:
         return None
     h = hashlib.sha256(f"{facts.name}\0{root.absolute()}\0{encoding}".encode()).hexdigest()[:20]
-    return facts.with_name(f"pack-dir-{h}.pkl")
+    return facts.with_name(f"pack-dir-{h}.map")
 
 
 def _stamps(files: list[Path]) -> tuple | None:
@@ -1300,7 +1300,7 @@ def load_index(context: str | Path | None, encoding: str = tokens.DEFAULT_ENCODI
     root, files, walk_problems = scan(context)
     stamps = _stamps(files)
     where = _dir_index_file(root, encoding) if stamps is not None else None
-    cached = load_pickle(where) if where is not None else {}
+    cached = load_mapped(where) if where is not None else {}
     if cached.get("stamps") == stamps and isinstance(cached.get("index"), _Index):
         return cached["index"], walk_problems + cached["problems"]
     store = _FACTS.data()
@@ -1339,7 +1339,7 @@ def load_index(context: str | Path | None, encoding: str = tokens.DEFAULT_ENCODI
             stamp[0]: (stamp[1:], source, facts is not None, found)
             for stamp, (source, facts, found) in zip(stamps or (), done)
         }
-        save_pickle(
+        save_mapped(
             where,
             {
                 "stamps": stamps,

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import mmap
 import os
 import pickle
+import struct
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -86,3 +88,75 @@ class PickleCache:
         """Forget the in-memory copy; the next use reads the file again."""
         self._data = None
         self.dirty = False
+
+
+# A mapped cache file: the pickle (protocol 5) of the data, with its large buffers (numpy arrays) stored
+# out of band after it, each 64-byte aligned. Loading maps the file and unpickles the small head; the
+# arrays are read-only views of the mapping, so only the pages a caller touches are ever read. Files are
+# replaced by rename, never rewritten in place, so a mapping never sees its file change under it.
+_MAGIC = b"DAMAP001"
+
+
+def save_mapped(path: Path, data: dict[Any, Any], *, prefix: str) -> bool:
+    buffers: list[pickle.PickleBuffer] = []
+    head = pickle.dumps(data, protocol=5, buffer_callback=buffers.append)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(_MAGIC + struct.pack("<QQ", len(head), len(buffers)))
+            fh.write(head)
+            for buffer in buffers:
+                raw = buffer.raw()
+                fh.write(struct.pack("<Q", raw.nbytes))
+                fh.write(b"\0" * (-fh.tell() % 64))
+                fh.write(raw)
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        if tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        return False
+
+
+def load_mapped(path: Path | None) -> dict[Any, Any]:
+    """What save_mapped wrote, or {} when the file is missing, foreign, truncated or corrupt."""
+    if path is None:
+        return {}
+    try:
+        with open(path, "rb") as fh:
+            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):  # missing, unreadable, or empty (an empty file cannot be mapped)
+        return {}
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        view = memoryview(mapped)
+        size = len(view)
+        if view[:8] != _MAGIC or size < 24:
+            return {}
+        head_len, count = struct.unpack_from("<QQ", mapped, 8)
+        pos = 24 + head_len
+        if pos > size:
+            return {}
+        head = view[24:pos]
+        buffers = []
+        for _ in range(count):
+            if pos + 8 > size:
+                return {}
+            (n,) = struct.unpack_from("<Q", mapped, pos)
+            pos += 8
+            pos += -pos % 64
+            if pos + n > size:
+                return {}
+            buffers.append(view[pos : pos + n])
+            pos += n
+        data = pickle.loads(head, buffers=buffers)
+    except Exception:  # noqa: BLE001 - a corrupt cache is a cold cache, never an error
+        return {}
+    finally:
+        if paused:
+            gc.enable()
+    return data if isinstance(data, dict) else {}

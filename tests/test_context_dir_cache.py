@@ -70,7 +70,7 @@ def test_cold_and_warm_directory_index_pack_like_the_library(cache_dir, tmp_path
     expected = _library_packs(root, encoding)
     _fresh_process()
     cold = _dir_packs(root, encoding)
-    assert len(list(cache_dir.glob("pack-dir-*.pkl"))) == 1
+    assert len(list(cache_dir.glob("pack-dir-*.map"))) == 1
     _fresh_process()
     warm = _dir_packs(root, encoding)
     assert cold == expected
@@ -108,17 +108,17 @@ def test_added_and_removed_files_are_seen(cache_dir, tmp_path):
     (root / "extra.md").write_text("## Ops\n- Pagers MUST reach the zanzibarquux rota.\n")
     _fresh_process()
     index, _ = load_index(root)
-    assert "extra.ops.1" in index.ids
+    assert "extra.ops.1" in index.ids.all()
     (root / "extra.md").unlink()
     _fresh_process()
     index, _ = load_index(root)
-    assert "extra.ops.1" not in index.ids
+    assert "extra.ops.1" not in index.ids.all()
 
 
 def test_corrupt_directory_cache_is_a_cold_cache(cache_dir, tmp_path):
     root = _ctx(tmp_path / "ctx")
     expected = _dir_packs(root)
-    (cached,) = cache_dir.glob("pack-dir-*.pkl")
+    (cached,) = cache_dir.glob("pack-dir-*.map")
     cached.write_bytes(b"\x80\x05not a pickle")
     _fresh_process()
     assert _dir_packs(root) == expected
@@ -212,3 +212,21 @@ def test_a_failed_child_is_done_by_the_parent(cache_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(compress, "_load_files", child_dies)
     _fresh_process()
     assert _dir_packs(root) == expected
+
+
+def test_mapped_cache_file_round_trips_and_rejects_damage(tmp_path):
+    import numpy as np
+
+    from agent.diskcache import load_mapped, save_mapped
+
+    path = tmp_path / "c.map"
+    data = {"a": np.arange(1000, dtype=np.int64), "b": [1, "x"], "c": np.frombuffer(b"abc", dtype=np.uint8)}
+    assert save_mapped(path, data, prefix=".t-")
+    got = load_mapped(path)
+    assert got["b"] == [1, "x"] and got["a"].tolist() == list(range(1000)) and got["c"].tobytes() == b"abc"
+    whole = path.read_bytes()
+    for damaged in (b"", whole[:20], whole[: len(whole) // 2], b"\x80\x05not a pickle", b"x" * 100):
+        path.write_bytes(damaged)
+        assert load_mapped(path) == {}
+    assert load_mapped(tmp_path / "missing.map") == {}
+    assert load_mapped(None) == {}
