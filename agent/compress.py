@@ -1186,14 +1186,14 @@ def _dir_index_file(root: Path, encoding: str) -> Path | None:
     return facts.with_name(f"pack-dir-{h}.map")
 
 
-def _stamps(files: list[Path]) -> tuple | None:
+def _stamps(names: list[str]) -> tuple | None:
     out = []
-    for f in files:
+    for name in names:
         try:
-            st = os.stat(f)
+            st = os.stat(name)
         except OSError:
             return None  # an unreadable entry is reported by the loader; never cache around it
-        out.append((str(f), st.st_mtime_ns, st.st_size, st.st_ctime_ns, st.st_ino))
+        out.append((name, st.st_mtime_ns, st.st_size, st.st_ctime_ns, st.st_ino))
     return tuple(out)
 
 
@@ -1295,17 +1295,17 @@ def _flush_aside(cache: PickleCache, loaded: int) -> int | None:
 def load_index(context: str | Path | None, encoding: str = tokens.DEFAULT_ENCODING) -> tuple[_Index, list]:
     """The packing index of a context directory and its load problems, without building a policy model
     when the directory is unchanged since the last run (see the whole-directory cache above)."""
-    from agent.steering import keep_unique, nothing_loaded, scan
+    from agent.steering import keep_unique, nothing_loaded, scan_names
 
-    root, files, walk_problems = scan(context)
-    stamps = _stamps(files)
+    root, names, walk_problems = scan_names(context)
+    stamps = _stamps(names)
     where = _dir_index_file(root, encoding) if stamps is not None else None
     cached = load_mapped(where) if where is not None else {}
     if cached.get("stamps") == stamps and isinstance(cached.get("index"), _Index):
         return cached["index"], walk_problems + cached["problems"]
     store = _FACTS.data()
     prior = cached.get("files") if isinstance(cached.get("files"), dict) else {}
-    loaded: list[_Loaded | None] = [None] * len(files)
+    loaded: list[_Loaded | None] = [None] * len(names)
     todo: list[int] = []
     for n, stamp in enumerate(stamps or ()):
         rec = prior.get(stamp[0])
@@ -1314,13 +1314,15 @@ def load_index(context: str | Path | None, encoding: str = tokens.DEFAULT_ENCODI
         else:
             todo.append(n)
     if stamps is None:
-        todo = list(range(len(files)))
+        todo = list(range(len(names)))
     sizes = [stamps[n][2] if stamps else 1 for n in todo]
-    for n, got in zip(todo, _load_files_parallel([files[n] for n in todo], sizes, root, store, encoding)):
+    for n, got in zip(
+        todo, _load_files_parallel([Path(names[n]) for n in todo], sizes, root, store, encoding)
+    ):
         loaded[n] = got
     done = [x for x in loaded if x is not None]
     problems = list(walk_problems)
-    kept = keep_unique(files, [(f.policy_id if f else None, found) for _, f, found in done], problems)
+    kept = keep_unique(names, [(f.policy_id if f else None, found) for _, f, found in done], problems)
     if not kept:
         raise nothing_loaded(root, problems)
     for source, facts, _ in done:

@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,6 +125,12 @@ def load_policies(context: str | Path | None = None) -> PolicySet:
 
 def scan(context: str | Path | None = None) -> tuple[Path, list[Path], list[LoadProblem]]:
     """The context directory, its policy files in load order, and what the walk found wrong."""
+    root, names, problems = scan_names(context)
+    return root, [Path(n) for n in names], problems
+
+
+def scan_names(context: str | Path | None = None) -> tuple[Path, list[str], list[LoadProblem]]:
+    """``scan`` with the files as path strings: a caller that only stats them builds no Path objects."""
     root = resolve_context_dir(context)
     if not root.exists():
         raise PolicyError(
@@ -135,10 +141,10 @@ def scan(context: str | Path | None = None) -> tuple[Path, list[Path], list[Load
     if not root.is_dir():
         raise PolicyError("context path is not a directory", path=root)
     problems: list[LoadProblem] = []
-    files = list(_walk(root, problems))
-    if not files:
+    names = _walk(root, problems)
+    if not names:
         raise PolicyError("no policy files found (.md, .yaml, .yml, .txt)", path=root)
-    return root, files, problems
+    return root, names, problems
 
 
 def load_scanned(root: Path, files: list[Path], problems: list[LoadProblem]) -> PolicySet:
@@ -155,7 +161,9 @@ def load_scanned(root: Path, files: list[Path], problems: list[LoadProblem]) -> 
 
 
 def keep_unique(
-    files: list[Path], outcomes: list[tuple[str | None, list[LoadProblem]]], problems: list[LoadProblem]
+    files: Sequence[Path | str],
+    outcomes: list[tuple[str | None, list[LoadProblem]]],
+    problems: list[LoadProblem],
 ) -> list[int]:
     """Which files' policies are kept, given each file's policy id (None: it yielded none) and problems,
     in load order: the first file with an id wins and a later one is reported. Appends to ``problems``."""
@@ -186,7 +194,7 @@ def nothing_loaded(root: Path, problems: list[LoadProblem]) -> PolicyError:
     return PolicyError(f"no policy could be loaded ({detail})", path=root)
 
 
-def _walk(root: Path, problems: list[LoadProblem]) -> Iterable[Path]:
+def _walk(root: Path, problems: list[LoadProblem]) -> list[str]:
     """Files under root, sorted, following symlinks once and reporting loops instead of hanging."""
     visited: set[tuple[int, int]] = set()
     # each folder with its path components below root: a file's sort key is its folder's plus its name,
@@ -245,7 +253,7 @@ def _walk(root: Path, problems: list[LoadProblem]) -> Iterable[Path]:
             except OSError as exc:
                 problems.append(LoadProblem(path=entry.path, message=f"cannot read: {exc.strerror or exc}"))
     out.sort()
-    return [Path(path) for _, path in out]
+    return [path for _, path in out]
 
 
 def load_policy_file(path: Path, root: Path | None = None) -> tuple[Policy | None, list[LoadProblem]]:
