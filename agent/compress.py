@@ -600,11 +600,11 @@ class _Index:
     n_policies: int
     ids: _Lines
     lines: _Lines
-    policy_ids: list[str]
-    policy_titles: list[str]
-    policy_cost: list[int]
-    heads: list[str]  # a clause's heading is its rule.section; ``head_of`` numbers (policy, heading) pairs
-    head_cost: list[int]
+    policy_ids: _Lines
+    policy_titles: _Lines
+    policy_cost: np.ndarray
+    heads: _Lines  # a clause's heading is its rule.section; ``head_of`` numbers (policy, heading) pairs
+    head_cost: np.ndarray
     head_of: np.ndarray
     policy_of: np.ndarray
     section_of: np.ndarray
@@ -689,11 +689,11 @@ def _build_index(facts: list[_Facts], encoding: str, key: tuple) -> _Index:
         n_policies=len(facts),
         ids=_Lines(ids),
         lines=_Lines(lines),
-        policy_ids=[f.policy_id for f in facts],
-        policy_titles=[f.policy_title for f in facts],
-        policy_cost=[f.policy_cost[encoding] for f in facts],
-        heads=heads,
-        head_cost=head_cost,
+        policy_ids=_Lines([f.policy_id for f in facts]),
+        policy_titles=_Lines([f.policy_title for f in facts]),
+        policy_cost=np.array([f.policy_cost[encoding] for f in facts], dtype=np.int64),
+        heads=_Lines(heads),
+        head_cost=np.array(head_cost, dtype=np.int64),
         head_of=np.array(head_of, dtype=np.int32),
         policy_of=np.array(policy_of, dtype=np.int32),
         section_of=np.array(section_of, dtype=np.int32),
@@ -802,7 +802,7 @@ def rank_rules(
     index = _index(policies, encoding)
     rules = [r for p in policies.policies for r in p.rules]
     ranked, rel = _ranked(index, query_text, features)
-    titles = index.policy_titles
+    titles = index.policy_titles.all()
     policy_of = index.policy_of
     return [(rules[i], titles[policy_of[i]], s) for i, s in zip(ranked.tolist(), rel[ranked].tolist())]
 
@@ -1112,9 +1112,9 @@ def _select_rules(
             return False
         h, p = int(head_of[k]), int(policy_of[k])
         if h not in seen_heads:  # header costs only matter for a clause that could fit
-            cost += head_cost[h]
+            cost += int(head_cost[h])
         if p not in seen_policies:
-            cost += policy_cost[p]
+            cost += int(policy_cost[p])
         if used + cost > budget:
             return False
         kept.append(k)
@@ -1134,20 +1134,19 @@ def _select_rules(
     if always_missed:  # no ranked clause may take the room of an always-on rule
         outcome[n_always:] = _BLOCKED
         return kept, outcome
-    # The room only shrinks, so a clause longer than the room left can never be kept: visit only the
-    # ones that fit in it (a few hundred of tens of thousands), re-filtering after each clause taken.
-    start = n_always
-    while start < n:
-        candidates = np.flatnonzero(line_tokens[start:] <= budget - used) + start
-        taken = None
-        for lo in range(0, len(candidates), 64):  # usually the first few fit: convert a few at a time
-            taken = next((k for k in candidates[lo : lo + 64].tolist() if take(k)), None)
-            if taken is not None:
-                break
-        if taken is None:
+    # The room only shrinks, so a clause longer than the room left can never be kept: visit, in rank
+    # order, only the ones no longer than the room (re-filtered each step), a batch at a time; the batch
+    # doubles while nothing in it is taken, since by then the room is nearly gone.
+    pos, batch = n_always, 64
+    while pos < n:
+        rest = np.flatnonzero(line_tokens[pos:] <= budget - used)
+        if not len(rest):
             break
+        visit = (rest[:batch] + pos).tolist()
+        taken = [k for k in visit if take(k)]
         outcome[taken] = _KEPT
-        start = taken + 1
+        batch = 64 if taken else batch * 2
+        pos = visit[-1] + 1
     return kept, outcome
 
 
@@ -1304,7 +1303,13 @@ def load_index(context: str | Path | None, encoding: str = tokens.DEFAULT_ENCODI
     if cached.get("stamps") == stamps and isinstance(cached.get("index"), _Index):
         return cached["index"], walk_problems + cached["problems"]
     store = _FACTS.data()
-    prior = cached.get("files") if isinstance(cached.get("files"), dict) else {}
+    # what each file yielded last time, pickled on its own: only a run that reloads files unpickles it
+    prior: dict = {}
+    if isinstance(cached.get("files"), bytes):
+        with contextlib.suppress(Exception):  # damaged: every file is read again
+            prior = pickle.loads(cached["files"])
+    if not isinstance(prior, dict):
+        prior = {}
     loaded: list[_Loaded | None] = [None] * len(names)
     todo: list[int] = []
     for n, stamp in enumerate(stamps or ()):
@@ -1347,7 +1352,7 @@ def load_index(context: str | Path | None, encoding: str = tokens.DEFAULT_ENCODI
                 "stamps": stamps,
                 "index": index,
                 "problems": problems[len(walk_problems) :],
-                "files": records,
+                "files": pickle.dumps(records, pickle.HIGHEST_PROTOCOL),
             },
             prefix=".pack-dir-",
         )
