@@ -18,6 +18,11 @@ order under their policy and section headings; the exact token count of the fina
 
 The budget is split between policies and memories (``POLICY_SHARE``); whatever one side does not use is
 given to the other. The same input always gives the same bytes: ties break on clause id.
+
+Scoring runs on arrays built once per policy set (``_Index``: CSR postings with precomputed BM25 parts,
+one float operation sequence per clause, so scores are bit-for-bit those of the scalar formula above);
+``load_index`` keeps one per context directory on disk, so ``data-agent context`` over thousands of
+files reads one mapped file and builds no policy model when nothing changed.
 """
 
 from __future__ import annotations
