@@ -34,6 +34,7 @@ import math
 import os
 import pickle
 import re
+import threading
 from collections import Counter, _count_elements  # type: ignore[attr-defined]  # Counter's C helper
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -1228,6 +1229,12 @@ def _load_files(paths: list[Path], root: Path, store: dict, encoding: str) -> li
 PARALLEL_MIN_FILES = 400
 
 
+def _can_fork() -> bool:
+    """Fork only where it is safe and useful: a POSIX process with one Python thread (a library caller or
+    the MCP server may hold threads, whose locks a child would inherit held) and a second CPU."""
+    return hasattr(os, "fork") and threading.active_count() == 1 and (os.cpu_count() or 1) >= 2
+
+
 # The child's share of the bytes to load: it also pickles its results (~10% of its work) while the parent
 # only unpickles them.
 CHILD_SHARE = 0.47
@@ -1236,7 +1243,7 @@ CHILD_SHARE = 0.47
 def _load_files_parallel(
     paths: list[Path], sizes: list[int], root: Path, store: dict, encoding: str
 ) -> list[_Loaded]:
-    if len(paths) < PARALLEL_MIN_FILES or not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
+    if len(paths) < PARALLEL_MIN_FILES or not _can_fork():
         return _load_files(paths, root, store, encoding)
     tokens.encoding(encoding)  # built once, before the fork, for both processes
     # split by bytes, not by count: parsing and tokenising cost follows the text
@@ -1279,7 +1286,7 @@ def _flush_aside(cache: PickleCache, loaded: int) -> int | None:
     """Write ``cache`` from a forked child while the caller builds the index (pickling the facts of
     5,000 files is 0.2 s); returns the child to wait for, or None when it was written here. The command
     waits for the child before it returns, so no work outlives it."""
-    if loaded < PARALLEL_MIN_FILES or not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
+    if loaded < PARALLEL_MIN_FILES or not _can_fork():
         cache.flush()
         return None
     try:
