@@ -203,10 +203,16 @@ def _design_task(task: tuple[int, str, str]) -> dict[str, Any]:
             "error_text": f"{type(exc).__name__}: {exc}",
             "exit_code": 1,
         }
+    if defer:
+        # the parent remembers the whole batch and then builds the output from this: what the memory, the
+        # manifest and the summary need, not the files or the context pack (a batch's parent holds them all)
+        return {
+            "index": index,
+            "request": request,
+            "ok": result.ok,
+            "result": dataclasses.replace(result, files={}, pack=None),
+        }
     outcome = {"index": index, "request": request, "ok": result.ok, **result.to_json()}
-    if defer:  # the parent remembers the whole batch; it needs the design, not the files
-        outcome["result"] = dataclasses.replace(result, files={})
-        return outcome
     if not _WORKER["json"]:
         outcome["summary_text"] = _summary_text(result)
     return outcome
@@ -217,8 +223,8 @@ def _public(outcome: dict[str, Any]) -> dict[str, Any]:
 
 
 def _remember_batch(config: Any, outcomes: list[dict[str, Any]], as_json: bool) -> None:
-    """Remember every design of a parallel batch in one store session, in request order, then print the
-    summaries the workers left out (they carry the remembered id)."""
+    """Remember every design of a parallel batch in one store session, in request order, then finish the
+    outputs the workers left open (they carry the remembered id)."""
     from agent.runtime import DataEngineerAgent
 
     done = [o for o in outcomes if "result" in o]
@@ -226,7 +232,7 @@ def _remember_batch(config: Any, outcomes: list[dict[str, Any]], as_json: bool) 
         DataEngineerAgent(config).remember([o["result"] for o in done])
     for outcome in done:
         result = outcome.pop("result")
-        outcome["report"] = result.report.model_dump()
+        outcome.update(result.to_json())
         if not as_json:
             outcome["summary_text"] = _summary_text(result)
 
@@ -261,11 +267,10 @@ def _run_parallel(config: Any, tasks: list[tuple[int, str, str]], workers: int, 
         max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(config, as_json, True)
     ) as pool:
         try:
-            outcomes = list(pool.map(_design_task, tasks, chunksize=1))
+            outcomes = sorted(pool.map(_design_task, tasks, chunksize=1), key=lambda o: o["index"])
         except KeyboardInterrupt:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
-    outcomes.sort(key=lambda o: o["index"])
     _remember_batch(config, outcomes, as_json)
     return outcomes
 
