@@ -15,7 +15,7 @@ import struct
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def load_pickle(path: Path | None) -> dict[Any, Any]:
@@ -35,21 +35,27 @@ def load_pickle(path: Path | None) -> dict[Any, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def save_pickle(path: Path, data: dict[Any, Any], *, prefix: str) -> bool:
-    """Write atomically (temporary file + rename). False when the cache dir is not writable."""
+def _write_atomically(path: Path, prefix: str, write: Callable[[BinaryIO], None]) -> bool:
+    """``write`` into a temporary file beside ``path``, then rename it into place. False when the cache
+    dir is not writable: a read-only data dir only costs speed."""
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
         with os.fdopen(fd, "wb") as fh:
-            pickle.dump(data, fh, protocol=pickle.HIGHEST_PROTOCOL)
+            write(fh)
         os.replace(tmp, path)
         return True
     except OSError:
         if tmp:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-        return False  # a read-only data dir only costs speed
+        return False
+
+
+def save_pickle(path: Path, data: dict[Any, Any], *, prefix: str) -> bool:
+    """Write atomically (temporary file + rename). False when the cache dir is not writable."""
+    return _write_atomically(path, prefix, lambda fh: pickle.dump(data, fh, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 class PickleCache:
@@ -100,25 +106,17 @@ _MAGIC = b"DAMAP001"
 def save_mapped(path: Path, data: dict[Any, Any], *, prefix: str) -> bool:
     buffers: list[pickle.PickleBuffer] = []
     head = pickle.dumps(data, protocol=5, buffer_callback=buffers.append)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(_MAGIC + struct.pack("<QQ", len(head), len(buffers)))
-            fh.write(head)
-            for buffer in buffers:
-                raw = buffer.raw()
-                fh.write(struct.pack("<Q", raw.nbytes))
-                fh.write(b"\0" * (-fh.tell() % 64))
-                fh.write(raw)
-        os.replace(tmp, path)
-        return True
-    except OSError:
-        if tmp:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        return False
+
+    def write(fh: BinaryIO) -> None:
+        fh.write(_MAGIC + struct.pack("<QQ", len(head), len(buffers)))
+        fh.write(head)
+        for buffer in buffers:
+            raw = buffer.raw()
+            fh.write(struct.pack("<Q", raw.nbytes))
+            fh.write(b"\0" * (-fh.tell() % 64))
+            fh.write(raw)
+
+    return _write_atomically(path, prefix, write)
 
 
 def load_mapped(path: Path | None) -> dict[Any, Any]:

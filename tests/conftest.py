@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,3 +167,21 @@ def write(tmp_path: Path) -> Callable[[str, str], Path]:
         return path
 
     return _write
+
+
+def forget_caches() -> None:
+    """Forget the policy and packing caches held in memory, as a new process would (the disk stays)."""
+    from agent import compress, steering
+
+    steering._CACHE.clear()
+    steering._DISK.reset()
+    compress._FACTS.reset()
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private cache directory, with nothing of the caches held in memory before or after the test."""
+    monkeypatch.setenv("DATA_AGENT_CACHE_DIR", str(tmp_path / "cache"))
+    forget_caches()
+    yield tmp_path / "cache"
+    forget_caches()

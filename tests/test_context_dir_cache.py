@@ -13,25 +13,12 @@ from agent import compress, steering
 from agent.compress import load_index, pack, pack_index
 from agent.request import request_from_text
 from agent.steering import load_policies
+from tests.conftest import forget_caches
 
 REQUESTS = [
     "Postgres CDC into Snowflake hourly with PII",
     "stream clickstream events from kafka into snowflake with customer emails",
 ]
-
-
-def _fresh_process() -> None:
-    steering._CACHE.clear()
-    steering._DISK.reset()
-    compress._FACTS.reset()
-
-
-@pytest.fixture
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("DATA_AGENT_CACHE_DIR", str(tmp_path / "cache"))
-    _fresh_process()
-    yield tmp_path / "cache"
-    _fresh_process()
 
 
 def _ctx(root: Path, n: int = 6) -> Path:
@@ -68,10 +55,10 @@ def test_cold_and_warm_directory_index_pack_like_the_library(cache_dir, tmp_path
     root = _ctx(tmp_path / "ctx")
     (root / "broken.yaml").write_text("rules: [unclosed\n")
     expected = _library_packs(root, encoding)
-    _fresh_process()
+    forget_caches()
     cold = _dir_packs(root, encoding)
     assert len(list(cache_dir.glob("pack-dir-*.map"))) == 1
-    _fresh_process()
+    forget_caches()
     warm = _dir_packs(root, encoding)
     assert cold == expected
     assert warm == expected
@@ -80,7 +67,7 @@ def test_cold_and_warm_directory_index_pack_like_the_library(cache_dir, tmp_path
 
 def test_shipped_context_packs_like_the_library(cache_dir):
     for _ in range(2):  # cold, then from the directory cache
-        _fresh_process()
+        forget_caches()
         index, _ = load_index(None)
         for text in REQUESTS:
             got = pack_index(index, request_from_text(text), None, (), 4000, "cl100k_base", 1.0).model()
@@ -96,7 +83,7 @@ def test_edit_with_same_size_and_mtime_is_seen(cache_dir, tmp_path):
     assert len(text) == before.st_size
     target.write_text(text)
     os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))  # same size, same mtime
-    _fresh_process()
+    forget_caches()
     index, _ = load_index(root)
     result = pack_index(index, None, "zqrxwy", (), 4000, "cl100k_base", 1.0)
     assert "Zqrxwy MUST be masked" in result.text
@@ -106,11 +93,11 @@ def test_added_and_removed_files_are_seen(cache_dir, tmp_path):
     root = _ctx(tmp_path / "ctx")
     load_index(root)
     (root / "extra.md").write_text("## Ops\n- Pagers MUST reach the zanzibarquux rota.\n")
-    _fresh_process()
+    forget_caches()
     index, _ = load_index(root)
     assert "extra.ops.1" in index.ids.all()
     (root / "extra.md").unlink()
-    _fresh_process()
+    forget_caches()
     index, _ = load_index(root)
     assert "extra.ops.1" not in index.ids.all()
 
@@ -120,16 +107,16 @@ def test_corrupt_directory_cache_is_a_cold_cache(cache_dir, tmp_path):
     expected = _dir_packs(root)
     (cached,) = cache_dir.glob("pack-dir-*.map")
     cached.write_bytes(b"\x80\x05not a pickle")
-    _fresh_process()
+    forget_caches()
     assert _dir_packs(root) == expected
 
 
 def test_cache_off_still_packs(tmp_path, monkeypatch):
     monkeypatch.setenv("DATA_AGENT_CACHE_DIR", "off")
-    _fresh_process()
+    forget_caches()
     root = _ctx(tmp_path / "ctx")
     assert _dir_packs(root) == _library_packs(root)
-    _fresh_process()
+    forget_caches()
 
 
 def test_json_lists_kept_items_and_near_misses(run_cli, tmp_path):
@@ -159,7 +146,7 @@ def test_an_edit_reparses_only_the_edited_file(cache_dir, tmp_path, monkeypatch)
     root = _ctx(tmp_path / "ctx")
     load_index(root)
     (root / "p2.md").write_text((root / "p2.md").read_text().replace("retry 4 times", "retry 9 times"))
-    _fresh_process()
+    forget_caches()
     parsed = []
     original = steering.parse_policy_bytes
     monkeypatch.setattr(
@@ -170,7 +157,7 @@ def test_an_edit_reparses_only_the_edited_file(cache_dir, tmp_path, monkeypatch)
     index, _ = load_index(root)
     assert parsed == ["p2.md"]
     assert "- [p2.loads-2.1] Jobs MUST retry 9 times.\n" in index.lines.all()
-    _fresh_process()
+    forget_caches()
     assert _dir_packs(root) == _library_packs(root)
 
 
@@ -182,7 +169,7 @@ def test_duplicate_ids_and_problems_are_reported_as_the_loader_does(cache_dir, t
     expected = _library_packs(root)
     assert any("duplicate policy id 'p1'" in p for p in expected[-1]["problems"])
     for _ in range(2):  # cold, then warm
-        _fresh_process()
+        forget_caches()
         assert _dir_packs(root) == expected
 
 
@@ -191,9 +178,9 @@ def test_forked_loading_gives_the_same_index(cache_dir, tmp_path, monkeypatch):
     (root / "broken.yaml").write_text("rules: [unclosed\n")
     expected = _library_packs(root)
     monkeypatch.setattr(compress, "PARALLEL_MIN_FILES", 2)
-    _fresh_process()
+    forget_caches()
     assert _dir_packs(root) == expected
-    _fresh_process()  # the facts cache was written by a forked writer: all 12 policies are in it
+    forget_caches()  # the facts cache was written by a forked writer: all 12 policies are in it
     assert len([k for k in compress._FACTS.data() if k.startswith(str(root.absolute()))]) == 12
 
 
@@ -210,7 +197,7 @@ def test_a_failed_child_is_done_by_the_parent(cache_dir, tmp_path, monkeypatch):
         return original(*args, **kwargs)
 
     monkeypatch.setattr(compress, "_load_files", child_dies)
-    _fresh_process()
+    forget_caches()
     assert _dir_packs(root) == expected
 
 

@@ -3,25 +3,17 @@ edited copies of loaded policies never served stale facts."""
 
 from __future__ import annotations
 
-import pytest
-
-from agent import compress, steering
+from agent import compress
 from agent.compress import pack
 from agent.request import request_from_text
 from agent.steering import load_policies
+from tests.conftest import forget_caches
 
 REQUESTS = [
     "stream clickstream events from kafka into snowflake with customer emails",
     "nightly batch of postgres orders into bigquery for finance dashboards",
     "Postgres CDC into Snowflake hourly with PII",
 ]
-
-
-def _fresh_process() -> None:
-    """Forget everything held in memory, as a new process would."""
-    steering._CACHE.clear()
-    steering._DISK.reset()
-    compress._FACTS.reset()
 
 
 def _packs(context=None) -> list[str]:
@@ -36,23 +28,15 @@ def _packs(context=None) -> list[str]:
     return out
 
 
-@pytest.fixture
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("DATA_AGENT_CACHE_DIR", str(tmp_path / "cache"))
-    _fresh_process()
-    yield tmp_path / "cache"
-    _fresh_process()
-
-
 def test_cold_warm_and_uncached_packs_are_identical(cache_dir, monkeypatch):
     cold = _packs()
     files = list(cache_dir.glob("pack-index-*.pkl"))
     assert len(files) == 1
-    _fresh_process()
+    forget_caches()
     warm = _packs()
     assert warm == cold
     monkeypatch.setenv("DATA_AGENT_CACHE_DIR", "off")
-    _fresh_process()
+    forget_caches()
     assert _packs() == cold
 
 
@@ -60,9 +44,9 @@ def test_corrupt_index_cache_is_a_cold_cache(cache_dir):
     cold = _packs()
     (index_file,) = cache_dir.glob("pack-index-*.pkl")
     index_file.write_bytes(b"\x80\x05not a pickle")
-    _fresh_process()
+    forget_caches()
     assert _packs() == cold
-    _fresh_process()
+    forget_caches()
     assert _packs() == cold  # rewritten and readable again
 
 
@@ -84,7 +68,7 @@ def test_changed_file_is_reindexed(cache_dir, tmp_path):
     f.write_text("---\nid: ops\n---\n## Runs\n- Jobs MUST retry twice.\n")
     assert "retry" in _packs(ctx)[0]
     f.write_text("---\nid: ops\n---\n## Runs\n- Jobs MUST page the zanzibarquux rota.\n")
-    _fresh_process()
+    forget_caches()
     ps = load_policies(ctx)
     result = pack(ps, query="zanzibarquux", budget=300)
     assert "zanzibarquux" in result.text and "retry" not in result.text
