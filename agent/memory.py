@@ -849,7 +849,8 @@ class _Kept:
 # One kept client per memory folder per process, shared by every MemoryStore on that folder (Chroma itself
 # shares one engine per path inside a process, so two kept clients on one path would be one engine anyway).
 _KEPT: dict[str, _Kept] = {}
-MAX_KEPT = 4  # folders; a kept client holds its index in memory (~170 MB at 100k memories)
+# folders; a kept client holds its index in memory (100k memories x 384 float32 = 154 MB of vectors)
+MAX_KEPT = 4
 # Clients inherited through fork(): never used or stopped in the child, whose copy of the engine is not its own.
 _INHERITED: list[_Kept] = []
 
