@@ -244,6 +244,10 @@ class MemoryStore:
     def backend(self) -> str:
         return "server" if self.url else "embedded"
 
+    def prepare(self) -> None:
+        """Told by a design run once its request is valid. Nothing to do in this process: the store opens
+        at its first operation (the CLI's MemoryProcess opens it then, in another process)."""
+
     def exists(self) -> bool:
         """An embedded store has been created in its folder (opening it then writes nothing)."""
         return self.path is not None and (self.path / MARKER_FILE).is_file()

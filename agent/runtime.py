@@ -153,8 +153,8 @@ class DataEngineerAgent:
             claude.begin_run(self.config.claude)
         with timer("request"):
             req = claude.to_request(request) if planner == "claude" else to_request(request)
-        if self.config.use_memory and hasattr(self._store, "prepare"):
-            self._store.prepare()  # a store in another process can open while the next stages run
+        if self.config.use_memory:
+            self.memory().prepare()  # a store in another process can open while the next stages run
         with timer("steering"):
             policies = self.policies()
             report.warnings += [str(p) for p in policies.problems]

@@ -104,22 +104,27 @@ def bench_cold_design(runs: int) -> list[dict]:
     return rows
 
 
-def bench_warm_design() -> dict:
+def designs_in_one_process(first: Path, requests: list[Path]) -> list[float]:
+    """Seconds per design of ``requests`` in one warm agent, after a first design of ``first``."""
     sys.path.insert(0, str(REPO))
     from agent.runtime import DataEngineerAgent
 
     tmp = tempfile.mkdtemp()
     try:
         agent = DataEngineerAgent(memory_dir=f"{tmp}/mem")
-        agent.design(EXAMPLE, out=f"{tmp}/o1")
+        agent.design(first, out=f"{tmp}/warm")
         samples = []
-        for i in range(5):
+        for i, request in enumerate(requests):
             start = time.perf_counter()
-            agent.design(EXAMPLE, out=f"{tmp}/o{i + 2}")
+            agent.design(request, out=f"{tmp}/o{i}")
             samples.append(time.perf_counter() - start)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    t = statistics.median(samples)
+    return samples
+
+
+def bench_warm_design() -> dict:
+    t = statistics.median(designs_in_one_process(EXAMPLE, [EXAMPLE] * 5))
     return {
         "metric": "second design in one process (median of 5)",
         "value_ms": round(t * 1000, 1),
@@ -130,21 +135,8 @@ def bench_warm_design() -> dict:
 
 def bench_warm_other_design() -> dict:
     """A warm process designing requests it has not seen: no memoised DDL or validation verdicts apply."""
-    sys.path.insert(0, str(REPO))
-    from agent.runtime import DataEngineerAgent
-
-    examples = sorted((REPO / "examples").glob("*.yaml"))
-    tmp = tempfile.mkdtemp()
-    try:
-        agent = DataEngineerAgent(memory_dir=f"{tmp}/mem")
-        agent.design(EXAMPLE, out=f"{tmp}/warm")
-        samples = []
-        for i, request in enumerate(p for p in examples if p != EXAMPLE):
-            start = time.perf_counter()
-            agent.design(request, out=f"{tmp}/o{i}")
-            samples.append(time.perf_counter() - start)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    others = [p for p in sorted((REPO / "examples").glob("*.yaml")) if p != EXAMPLE]
+    samples = designs_in_one_process(EXAMPLE, others)
     t = statistics.median(samples)
     return {
         "metric": f"next design of a different request, one process (median of {len(samples)})",
