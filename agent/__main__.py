@@ -1,3 +1,3 @@
-from agent.cli import main
+from agent.cli import console_main
 
-raise SystemExit(main())
+console_main()

@@ -33,15 +33,7 @@ class MemoryProcess:
     forked child. Errors raised in the child (busy, damaged, wrong embedder, ...) are raised here, unchanged,
     at the call that met them."""
 
-    def __init__(
-        self,
-        memory_dir: str | Path | None,
-        memory_url: str | None,
-        *,
-        while_waiting: Callable[[], None] | None = None,
-    ) -> None:
-        """``while_waiting`` runs once, in this process, the first time a call has to wait for the child:
-        the CLI warms the rest of the pipeline there."""
+    def __init__(self, memory_dir: str | Path | None, memory_url: str | None) -> None:
         from multiprocessing.connection import Pipe
 
         self.location = memory_url or str(memory_dir or "the memory store")
@@ -53,7 +45,9 @@ class MemoryProcess:
         child.close()
         self._conn: Any = parent
         self._pid = pid
-        self._while_waiting = while_waiting
+        # runs once, in this process, the first time a call has to wait for the child (the CLI warms the
+        # rest of the pipeline there); it is given a function that tells whether the answer has arrived
+        self.while_waiting: Callable[[Callable[[], bool]], None] | None = None
 
     def prepare(self) -> None:
         """The request is valid: open the store now (creating and seeding it if it is new), without
@@ -74,9 +68,9 @@ class MemoryProcess:
             raise MemoryStoreError("the memory process is closed", path=self.location)
         try:
             self._conn.send((method, args, kwargs))
-            if self._while_waiting is not None:
-                warm, self._while_waiting = self._while_waiting, None
-                warm()
+            if self.while_waiting is not None:
+                warm, self.while_waiting = self.while_waiting, None
+                warm(self._conn.poll)
             status, value = self._conn.recv()
         except (EOFError, OSError):
             self.close()

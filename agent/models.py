@@ -71,7 +71,13 @@ def slugify(text: str) -> str:
     return (slug or "design")[:60]
 
 
-class InputModel(BaseModel):
+class Model(BaseModel):
+    # Each model's validator is built on its first use instead of at import: ``import agent.models`` drops
+    # from ~26 to ~11 ms, and the memory process, which uses three of these models, never builds the rest.
+    model_config = ConfigDict(defer_build=True)
+
+
+class InputModel(Model):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
@@ -309,7 +315,7 @@ class DesignRequest(InputModel):
 # The design: the six sections of the deliverable
 
 
-class Decision(BaseModel):
+class Decision(Model):
     topic: str
     choice: str
     rationale: str
@@ -317,7 +323,7 @@ class Decision(BaseModel):
     policy_ids: list[str] = Field(default_factory=list, description="Ids of the policy clauses it satisfies.")
 
 
-class Component(BaseModel):
+class Component(Model):
     name: str
     kind: str = Field(
         description="source, ingestion, stream, storage, warehouse, processing, "
@@ -327,14 +333,14 @@ class Component(BaseModel):
     purpose: str
 
 
-class Flow(BaseModel):
+class Flow(Model):
     source: str
     target: str
     mode: str = Field(description="batch, cdc, stream, api_poll, file_drop, transform, serve")
     description: str = ""
 
 
-class Architecture(BaseModel):
+class Architecture(Model):
     pattern: str = Field(description="batch, streaming, lambda or kappa")
     approach: str = Field(description="ETL or ELT")
     modelling: str = Field(description="kimball, data_vault or one_big_table")
@@ -345,14 +351,14 @@ class Architecture(BaseModel):
     cost: dict[str, Any] = Field(default_factory=dict, description="Cost drivers and a monthly estimate.")
 
 
-class PipelineTask(BaseModel):
+class PipelineTask(Model):
     name: Identifier
     kind: str = Field(description="extract, load, transform, test, publish")
     description: str
     upstream: list[str] = Field(default_factory=list)
 
 
-class Pipeline(BaseModel):
+class Pipeline(Model):
     name: Identifier
     orchestrator: str
     schedule: str = Field(description="Cron expression or '@continuous' for streams.")
@@ -368,7 +374,7 @@ class Pipeline(BaseModel):
     version: str = "1.0.0"
 
 
-class TableColumn(BaseModel):
+class TableColumn(Model):
     name: Identifier
     type: str = Field(description="Logical type, mapped to each dialect when rendering.")
     nullable: bool = True
@@ -378,7 +384,7 @@ class TableColumn(BaseModel):
     source: str | None = Field(default=None, description="source_dataset.column it comes from, for lineage.")
 
 
-class Table(BaseModel):
+class Table(Model):
     name: Identifier
     layer: str = Field(description="raw, staging, core (or vault), mart")
     schema_name: Identifier
@@ -398,14 +404,14 @@ class Table(BaseModel):
         return f"{self.schema_name}.{self.name}"
 
 
-class Layer(BaseModel):
+class Layer(Model):
     name: str
     purpose: str
     retention_days: int | None = None
     file_format: str | None = None
 
 
-class Storage(BaseModel):
+class Storage(Model):
     warehouse: str | None
     lake: str | None = None
     table_format: str | None = None
@@ -413,7 +419,7 @@ class Storage(BaseModel):
     tables: list[Table]
 
 
-class Transformation(BaseModel):
+class Transformation(Model):
     name: Identifier
     target_table: str
     materialization: str = Field(description="view, table, incremental, snapshot")
@@ -422,13 +428,13 @@ class Transformation(BaseModel):
     description: str = ""
 
 
-class Processing(BaseModel):
+class Processing(Model):
     engine: str
     transformations: list[Transformation]
     notes: list[str] = Field(default_factory=list)
 
 
-class QualityRule(BaseModel):
+class QualityRule(Model):
     id: str
     table: str = Field(description="schema.table the rule checks")
     column: str | None = None
@@ -443,19 +449,24 @@ class QualityRule(BaseModel):
     description: str = ""
 
 
-class Monitor(BaseModel):
+class Monitor(Model):
     name: str
     metric: str
     threshold: str
     alert: str
 
 
-class Quality(BaseModel):
+class Quality(Model):
     rules: list[QualityRule]
     monitors: list[Monitor]
 
+    def rules_for(self, table: str, column: str) -> list[QualityRule]:
+        """The rules on one column, in design order (for the templates: a filter chain per column costs
+        ~10 ms a design in Jinja's sandbox)."""
+        return [r for r in self.rules if r.table == table and r.column == column]
 
-class LineageEdge(BaseModel):
+
+class LineageEdge(Model):
     source: str = Field(description="dataset (schema.table or source.entity)")
     source_column: str | None = None
     target: str
@@ -463,14 +474,14 @@ class LineageEdge(BaseModel):
     transformation: str = "IDENTITY"
 
 
-class Documentation(BaseModel):
+class Documentation(Model):
     owners: dict[str, str] = Field(description="table -> owner")
     lineage: list[LineageEdge]
     versions: dict[str, str] = Field(default_factory=dict)
     glossary: dict[str, str] = Field(default_factory=dict)
 
 
-class Design(BaseModel):
+class Design(Model):
     """A complete design. Produced by a planner, checked, rendered, delegated and remembered."""
 
     id: str
@@ -505,7 +516,7 @@ Modality = Literal[
 ]
 
 
-class PolicyRule(BaseModel):
+class PolicyRule(Model):
     id: str = Field(description="Stable: policy id + section slug + clause index.")
     policy_id: str
     section: str
@@ -516,14 +527,14 @@ class PolicyRule(BaseModel):
     always: bool = False
 
 
-class PolicySection(BaseModel):
+class PolicySection(Model):
     title: str
     line: int
     text: str
     rules: list[PolicyRule] = Field(default_factory=list)
 
 
-class Policy(BaseModel):
+class Policy(Model):
     id: str
     title: str
     kind: str = "general"
@@ -538,7 +549,7 @@ class Policy(BaseModel):
         return [r for s in self.sections for r in s.rules]
 
 
-class LoadProblem(BaseModel):
+class LoadProblem(Model):
     path: str
     line: int | None = None
     message: str
@@ -552,7 +563,7 @@ class LoadProblem(BaseModel):
 # Memory and the context pack
 
 
-class Memory(BaseModel):
+class Memory(Model):
     id: str
     kind: Literal["design", "learning", "result"]
     text: str
@@ -563,14 +574,14 @@ class Memory(BaseModel):
     updated_at: str = Field(default_factory=lambda: now_iso())
 
 
-class RecalledMemory(BaseModel):
+class RecalledMemory(Model):
     memory: Memory
     score: float
     similarity: float
     why: dict[str, float] = Field(default_factory=dict)
 
 
-class PackItem(BaseModel):
+class PackItem(Model):
     id: str
     origin: Literal["policy", "memory"]
     status: Literal["kept", "trimmed", "dropped"]
@@ -579,7 +590,7 @@ class PackItem(BaseModel):
     score: float = 0.0
 
 
-class ContextPack(BaseModel):
+class ContextPack(Model):
     text: str
     tokens: int
     budget: int
@@ -594,7 +605,7 @@ class ContextPack(BaseModel):
 # Delegation
 
 
-class DelegationTask(BaseModel):
+class DelegationTask(Model):
     """Exactly the Claude Code Agent tool input, plus the bookkeeping to launch tasks in order."""
 
     model_config = ConfigDict(extra="forbid")
@@ -624,12 +635,12 @@ class DelegationTask(BaseModel):
 # The run report
 
 
-class StageTiming(BaseModel):
+class StageTiming(Model):
     stage: str
     seconds: float
 
 
-class CheckResult(BaseModel):
+class CheckResult(Model):
     check: str
     status: Literal["pass", "fail", "warn"]
     message: str
@@ -637,14 +648,14 @@ class CheckResult(BaseModel):
     subject: str | None = None
 
 
-class ArtifactCheck(BaseModel):
+class ArtifactCheck(Model):
     path: str
     checker: str
     ok: bool
     message: str = ""
 
 
-class RunReport(BaseModel):
+class RunReport(Model):
     design_id: str
     planner: str
     started_at: str

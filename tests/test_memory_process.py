@@ -93,3 +93,54 @@ def test_a_child_that_dies_is_a_clear_error(run_cli, tmp_path: Path) -> None:
     )
     assert proc.returncode == 3, proc.stderr
     assert "the memory process ended unexpectedly" in proc.stdout
+
+
+def test_a_rehearsal_writes_nothing_and_stops_at_the_stage_the_answer_arrives(
+    home: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """While the memory process opens the store, the CLI designs the request once without memories to warm
+    what the real design needs; that rehearsal must leave nothing behind and yield as soon as it can."""
+    from agent.commands.design import _rehearse
+    from agent.runtime import AgentConfig
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    config = AgentConfig(memory_dir=tmp_path / "mem")
+
+    def answered_after(n: int) -> tuple[list[int], object]:
+        calls: list[int] = []
+
+        def answered() -> bool:
+            calls.append(1)
+            return len(calls) > n
+
+        return calls, answered
+
+    calls, never = answered_after(10**6)
+    _rehearse(config, str(REQUEST), never)  # type: ignore[arg-type]
+    whole = len(calls)  # asked once before starting, then after every stage
+    assert whole >= 8
+    calls, soon = answered_after(3)
+    _rehearse(config, str(REQUEST), soon)  # type: ignore[arg-type]
+    assert len(calls) == 4  # stopped at the third stage boundary, without raising
+    calls, claude = answered_after(10**6)
+    _rehearse(AgentConfig(memory_dir=tmp_path / "mem", planner="claude"), str(REQUEST), claude)  # type: ignore[arg-type]
+    assert calls == []  # never with a planner that would call the API
+    assert list(cwd.iterdir()) == [] and not (tmp_path / "mem").exists()
+
+
+def test_everything_printed_arrives_before_the_fast_exit(run_cli, tmp_path: Path) -> None:
+    """The command leaves through os._exit (no interpreter teardown): output longer than a pipe's buffer
+    must still arrive whole, and the exit code must be the command's."""
+    from agent.starters import starter_memories
+
+    mem = tmp_path / "mem"
+    assert run_cli("memory", "stats", "--memory-dir", mem).returncode == 0  # creates and seeds the store
+    proc = run_cli("memory", "export", "--memory-dir", mem)
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.encode()) > 65536
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert sorted(r["id"] for r in records) == sorted(m.id for m in starter_memories())
+    missing = run_cli("memory", "show", "no-such-id", "--memory-dir", mem)
+    assert missing.returncode not in (0, 1) and "no-such-id" in missing.stderr

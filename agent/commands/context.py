@@ -54,10 +54,6 @@ def run(args: argparse.Namespace) -> int:
     # the packing index straight from the whole-directory cache when the directory is unchanged: no
     # policy models are built for a pack that keeps a few hundred of tens of thousands of clauses
     index, problems = load_index(args.context, args.encoding)
-    # Interpreter shutdown still runs one full collection, over every object loading left alive (policy
-    # models, per-file facts): 0.4 s after a cold load of 5,000 files. Frozen objects are skipped; what
-    # is created from here on (the memory store's client) is still collected and finalised as usual.
-    gc.freeze()
     memories = []
     if not args.no_memory:
         from agent.memory import open_store

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import gc
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +79,8 @@ def claude_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_agent_map(items: list[str]) -> dict[str, str]:
+    if not items:  # no import of the models (pydantic) before a single design forks its memory process
+        return {}
     from agent.errors import DataAgentError
     from agent.models import SUBAGENTS
 
@@ -93,7 +98,6 @@ def parse_agent_map(items: list[str]) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> int:
     from agent.errors import DataAgentError, PlannerError
-    from agent.runtime import AgentConfig, DataEngineerAgent
 
     if args.offline and args.planner == "claude":
         raise PlannerError(
@@ -102,8 +106,22 @@ def run(args: argparse.Namespace) -> int:
     jobs = getattr(args, "jobs", 1)
     if jobs is None or jobs < 0:
         raise DataAgentError("--jobs must be 0 (one per CPU) or a positive number", field="jobs")
-    planner = "rules" if args.offline else args.planner
-    config = AgentConfig(
+    agent_map = parse_agent_map(args.agent_map)
+    if len(args.requests) == 1:
+        # forked before the heavy imports below, so the child's Chroma import starts as early as it can
+        store = _memory_process(args)
+        try:
+            return _run_one(args, _config(args, agent_map), store)
+        finally:
+            if store is not None:
+                store.close()
+    return _run_many(args, _config(args, agent_map), jobs)
+
+
+def _config(args: argparse.Namespace, agent_map: dict[str, str]) -> Any:
+    from agent.runtime import AgentConfig
+
+    return AgentConfig(
         context=args.context,
         memory_dir=args.memory_dir,
         memory_url=args.memory_url,
@@ -111,31 +129,68 @@ def run(args: argparse.Namespace) -> int:
         remember=not args.no_remember,
         budget=args.budget,
         encoding=args.encoding,
-        planner=planner,
+        planner="rules" if args.offline else args.planner,
         templates=args.templates,
-        agent_map=parse_agent_map(args.agent_map),
+        agent_map=agent_map,
         offline=args.offline,
         claude=claude_settings(args),
     )
-    several = len(args.requests) > 1
-    if not several:
-        store = _memory_process(config)
-        try:
-            result = _one(
-                DataEngineerAgent(config, store=store),
-                args.requests[0],
-                _out_dir(args.out, args.requests[0], 0, False),
-                args,
-            )
-        finally:
-            if store is not None:
-                store.close()
-        if args.json:
-            from agent.cli import emit_json
 
-            emit_json(result.to_json())
-        return 5 if args.strict and not result.ok else 0
 
+def _run_one(args: argparse.Namespace, config: Any, store: Any) -> int:
+    from agent.runtime import DataEngineerAgent
+
+    request = args.requests[0]
+    if store is not None:
+
+        def warm(answered: Callable[[], bool]) -> None:  # on this CPU, while the child opens the store
+            from agent.validate import warm as warm_validation
+
+            _prewarm(config, chroma=False)
+            warm_validation()
+            _rehearse(config, request, answered)
+            # Everything alive now (modules, compiled templates, policies) lives until exit: keep the
+            # cyclic GC from walking it again. A full collection over it cost ~30 ms of the real design.
+            gc.freeze()
+
+        store.while_waiting = warm
+    result = _one(
+        DataEngineerAgent(config, store=store), request, _out_dir(args.out, request, 0, False), args
+    )
+    if args.json:
+        from agent.cli import emit_json
+
+        emit_json(result.to_json())
+    return 5 if args.strict and not result.ok else 0
+
+
+class _Answered(Exception):
+    """The memory process answered: the rehearsal stops at the stage it is in."""
+
+
+def _rehearse(config: Any, request: str, answered: Callable[[], bool]) -> None:
+    """Design the request once without memories and throw the result away, while the memory process is
+    still opening the store. What the real design does after recall then runs warm: the templates' and
+    sqlglot's first use, DuckDB's checks of the same DDL (memoised on its text). Stops at the first stage
+    boundary after the answer has arrived, so it never delays the real design by more than one stage.
+    Only with the rules planner: nothing here may call a network service or write a file."""
+    if config.planner != "rules" or answered():
+        return
+    from agent.errors import DataAgentError
+    from agent.runtime import DataEngineerAgent
+
+    def stop_if_answered(stage: str, seconds: float) -> None:
+        if answered():
+            raise _Answered
+
+    # a request error is the real design's to report, from its own request stage
+    with contextlib.suppress(_Answered, DataAgentError):
+        DataEngineerAgent(dataclasses.replace(config, use_memory=False)).design(
+            request, on_stage=stop_if_answered
+        )
+
+
+def _run_many(args: argparse.Namespace, config: Any, jobs: int) -> int:
     tasks = [
         (i, request, str(_out_dir(args.out, request, i, True))) for i, request in enumerate(args.requests)
     ]
@@ -239,7 +294,6 @@ def _remember_batch(config: Any, outcomes: list[dict[str, Any]], as_json: bool) 
 
 def _summary_text(result: Any) -> str:
     """The terminal summary of one design, captured, so a batch prints them in request order."""
-    import contextlib
     import io
 
     from agent.console import print_design_summary
@@ -275,25 +329,18 @@ def _run_parallel(config: Any, tasks: list[tuple[int, str, str]], workers: int, 
     return outcomes
 
 
-def _memory_process(config: Any) -> Any:
+def _memory_process(args: argparse.Namespace) -> Any:
     """The memory store in a forked child, so that a cold single design imports Chroma and opens the
     store on one CPU while this process warms everything else on the other (agent/memory_process.py).
     None where that is not safe or not useful: no memory, more than one thread, Chroma already imported,
     not Linux, or DATA_AGENT_MEMORY_PROCESS=0."""
-    if not config.use_memory or os.environ.get("DATA_AGENT_MEMORY_PROCESS", "1") == "0":
+    if args.no_memory or os.environ.get("DATA_AGENT_MEMORY_PROCESS", "1") == "0":
         return None
     from agent.memory_process import MemoryProcess, can_fork
 
     if not can_fork():
         return None
-
-    def warm() -> None:  # on this CPU, while the child opens the store on the other
-        from agent.validate import warm as warm_validation
-
-        _prewarm(config, chroma=False)
-        warm_validation()
-
-    return MemoryProcess(config.memory_dir, config.memory_url, while_waiting=warm)
+    return MemoryProcess(args.memory_dir, args.memory_url)
 
 
 def _prewarm(config: Any, *, chroma: bool = True) -> None:
