@@ -59,6 +59,42 @@ def test_jobs_remembers_the_batch_once_at_the_end(run_cli, tmp_path: Path) -> No
     store.close()
 
 
+def test_a_batch_is_remembered_in_chunks_in_request_order(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A parallel batch keeps each waiting result pickled and remembers REMEMBER_CHUNK designs per store
+    session: every design is still remembered, in request order, and its output and manifest carry its id."""
+    import pickle
+
+    from agent.commands import design as design_command
+    from agent.memory import MemoryStore
+    from agent.runtime import AgentConfig, DataEngineerAgent
+    from agent.starters import starter_memories
+
+    monkeypatch.setattr(design_command, "REMEMBER_CHUNK", 2)
+    config = AgentConfig(memory_dir=tmp_path / "mem")
+    agent = DataEngineerAgent(config)
+    outcomes = []
+    for i, request in enumerate(REQUESTS + REQUESTS[1:]):  # five designs, one repeated: chunks of 2, 2, 1
+        result = agent.design(request, out=tmp_path / f"b{i}", remember=False)
+        outcomes.append(
+            {"index": i, "request": str(request), "ok": result.ok, "result": pickle.dumps(result)}
+        )
+    agent.memory().close()
+    design_command._remember_batch(config, outcomes, as_json=True)
+    parts = [json.loads(o["json"]) for o in outcomes]
+    assert [p["request"] for p in parts] == [str(r) for r in REQUESTS + REQUESTS[1:]]
+    remembered = [p["report"]["remembered"] for p in parts]
+    assert all(remembered) and remembered[1] == remembered[3] and len(set(remembered)) == 3
+    for i, part in enumerate(parts):
+        manifest = json.loads((tmp_path / f"b{i}" / "manifest.json").read_text())
+        assert manifest["report"]["remembered"] == part["report"]["remembered"]
+    store = MemoryStore(tmp_path / "mem")
+    assert store.count() == len(starter_memories()) + 3
+    assert set(remembered) <= {m.id for m in store.all() if m.kind == "design"}
+    store.close()
+
+
 def test_jobs_gives_the_same_designs_as_one_at_a_time(run_cli, tmp_path: Path) -> None:
     runs = {}
     for jobs in ("1", "3"):

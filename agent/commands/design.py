@@ -6,7 +6,9 @@ import argparse
 import contextlib
 import dataclasses
 import gc
+import json
 import os
+import pickle
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -205,24 +207,33 @@ def _run_many(args: argparse.Namespace, config: Any, jobs: int) -> int:
     for outcome in outcomes:
         if outcome.get("summary_text"):
             sys.stdout.write(outcome.pop("summary_text"))
-        outcome.pop("summary_text", None)
         if "error" in outcome:
             print(f"data-agent: error: {outcome['request']}: {outcome['error_text']}", file=sys.stderr)
             exit_code = exit_code or int(outcome["exit_code"])
-        elif not outcome.pop("ok"):
+        elif not outcome["ok"]:
             failed_checks = True
     if args.json:
-        from agent.cli import emit_json
-
-        emit_json({"designs": [_public(o) for o in outcomes]})
+        # each design's part was serialised when it was finished: written one by one, this is what
+        # json.dumps of the whole would print, without a second copy of it all
+        sys.stdout.write('{"designs": [')
+        for n, outcome in enumerate(outcomes):
+            part = outcome.pop("json", None) or json.dumps(_public(outcome), default=str)
+            sys.stdout.write(f", {part}" if n else part)
+        sys.stdout.write("]}\n")
     if exit_code:
         return exit_code
     return 5 if args.strict and failed_checks else 0
 
 
 # -- several requests: one agent per worker process --------------------------------------------------
+#
+# A batch keeps each finished design compact, so that its memory does not grow with the number of
+# requests (a design's live objects take ~0.85 MB; 300 designs peaked at 468 MB): a result waiting to be
+# remembered is kept pickled (~140 KB), and a finished one only as its JSON text or terminal summary.
 
 _WORKER: dict[str, Any] = {}
+# designs remembered per store session at the end of a parallel batch: bounds the live results at once
+REMEMBER_CHUNK = 20
 
 
 def _init_worker(config: Any, as_json: bool, defer_remember: bool = False) -> None:
@@ -234,7 +245,7 @@ def _init_worker(config: Any, as_json: bool, defer_remember: bool = False) -> No
 
 
 def _design_task(task: tuple[int, str, str]) -> dict[str, Any]:
-    """One request of a batch: the design's JSON, or the error it raised; never an exception."""
+    """One request of a batch: the design's outcome, or the error it raised; never an exception."""
     from agent.errors import DataAgentError
 
     index, request, out = task
@@ -258,19 +269,25 @@ def _design_task(task: tuple[int, str, str]) -> dict[str, Any]:
             "error_text": f"{type(exc).__name__}: {exc}",
             "exit_code": 1,
         }
+    outcome: dict[str, Any] = {"index": index, "request": request, "ok": result.ok}
     if defer:
-        # the parent remembers the whole batch and then builds the output from this: what the memory, the
-        # manifest and the summary need, not the files or the context pack (a batch's parent holds them all)
-        return {
-            "index": index,
-            "request": request,
-            "ok": result.ok,
-            "result": dataclasses.replace(result, files={}, pack=None),
-        }
-    outcome = {"index": index, "request": request, "ok": result.ok, **result.to_json()}
-    if not _WORKER["json"]:
-        outcome["summary_text"] = _summary_text(result)
+        # the parent remembers the whole batch, then finishes the output from this: what the memory, the
+        # manifest and the summary need, not the files or the context pack
+        lean = dataclasses.replace(result, files={}, pack=None)
+        outcome["result"] = pickle.dumps(lean, pickle.HIGHEST_PROTOCOL)
+    else:
+        _finish(outcome, result, _WORKER["json"])
     return outcome
+
+
+def _finish(outcome: dict[str, Any], result: Any, as_json: bool) -> None:
+    """Reduce a finished design to what the batch prints for it."""
+    if as_json:
+        outcome["json"] = json.dumps(
+            _public({"request": outcome["request"], **result.to_json()}), default=str
+        )
+    else:
+        outcome["summary_text"] = _summary_text(result)
 
 
 def _public(outcome: dict[str, Any]) -> dict[str, Any]:
@@ -278,18 +295,21 @@ def _public(outcome: dict[str, Any]) -> dict[str, Any]:
 
 
 def _remember_batch(config: Any, outcomes: list[dict[str, Any]], as_json: bool) -> None:
-    """Remember every design of a parallel batch in one store session, in request order, then finish the
-    outputs the workers left open (they carry the remembered id)."""
+    """Remember every design of a parallel batch in request order, REMEMBER_CHUNK designs per store session,
+    then finish the outputs the workers left open (they carry the remembered id). The whole batch is
+    designed before the first design is remembered: no design of a batch recalls another, so the results
+    do not depend on scheduling."""
     from agent.runtime import DataEngineerAgent
 
     done = [o for o in outcomes if "result" in o]
-    if config.use_memory and config.remember and done:
-        DataEngineerAgent(config).remember([o["result"] for o in done])
-    for outcome in done:
-        result = outcome.pop("result")
-        outcome.update(result.to_json())
-        if not as_json:
-            outcome["summary_text"] = _summary_text(result)
+    agent = DataEngineerAgent(config) if config.use_memory and config.remember else None
+    for start in range(0, len(done), REMEMBER_CHUNK):
+        chunk = done[start : start + REMEMBER_CHUNK]
+        results = [pickle.loads(o.pop("result")) for o in chunk]
+        if agent is not None:
+            agent.remember(results)
+        for outcome, result in zip(chunk, results):
+            _finish(outcome, result, as_json)
 
 
 def _summary_text(result: Any) -> str:
