@@ -105,4 +105,4 @@ def emit_json(obj: Any) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    console_main()

@@ -36,6 +36,7 @@ server backend keeps its client open (11-19 ms p50 per recall).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import copy
 import fcntl
@@ -865,6 +866,18 @@ def _forget_kept_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_kept_after_fork)
+
+
+def _stop_kept_clients() -> None:
+    """At exit, stop every kept client here rather than leave its engine to the interpreter's teardown,
+    which the CLI skips (agent.cli.console_main)."""
+    while _KEPT:
+        _, kept = _KEPT.popitem()
+        with contextlib.suppress(Exception):  # exiting anyway; the store's files are already consistent
+            _stop_client(kept.client)
+
+
+atexit.register(_stop_kept_clients)
 
 
 def _stop_client(client: ClientAPI) -> None:
