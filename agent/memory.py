@@ -489,18 +489,24 @@ class MemoryStore:
         from agent.starters import starter_memories
 
         memories = starter_memories()
-        self._upsert(collection, memories, _starter_embeddings(self.embedder, memories))
+        # the collection was created empty by this call: add, which skips upsert's lookup of existing ids
+        # (seeding a new store: ~36 -> ~27 ms of a first design)
+        self._upsert(collection, memories, _starter_embeddings(self.embedder, memories), new=True)
 
     # -- writing -----------------------------------------------------------------------------------
 
-    def _upsert(self, collection: Collection, memories: Sequence[Memory], embeddings: Any = None) -> None:
+    def _upsert(
+        self, collection: Collection, memories: Sequence[Memory], embeddings: Any = None, *, new: bool = False
+    ) -> None:
+        """Write ``memories`` (``new``: ids known not to be in the collection yet)."""
         if not memories:
             return
         if embeddings is None:
             embeddings = self.embedder.embed([m.text for m in memories])
+        write = collection.add if new else collection.upsert
         for start in range(0, len(memories), CHUNK):
             part = memories[start : start + CHUNK]
-            collection.upsert(
+            write(
                 ids=[m.id for m in part],
                 documents=[m.text for m in part],
                 embeddings=embeddings[start : start + CHUNK],
