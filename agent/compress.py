@@ -30,14 +30,16 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import marshal
 import math
 import os
 import pickle
 import re
+import tempfile
 import threading
 from collections import Counter, _count_elements  # type: ignore[attr-defined]  # Counter's C helper
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 
@@ -1235,8 +1237,8 @@ def _can_fork() -> bool:
     return hasattr(os, "fork") and threading.active_count() == 1 and (os.cpu_count() or 1) >= 2
 
 
-# The child's share of the bytes to load: it also pickles its results (~10% of its work) while the parent
-# only unpickles them.
+# The child's share of the bytes to load: it also serialises its results (~7% of its work) while the parent
+# only reads them (0.47 measured best against 0.50 after the switch to marshal).
 CHILD_SHARE = 0.47
 
 
@@ -1251,35 +1253,60 @@ def _load_files_parallel(
     while half < len(paths) - 1 and total < target:
         total += sizes[half]
         half += 1
-    r, w = os.pipe()
-    try:
-        pid = os.fork()
-    except OSError:
-        os.close(r)
-        os.close(w)
-        return _load_files(paths, root, store, encoding)
-    if pid == 0:  # the child: its half, pickled down the pipe; never returns into the caller's code
-        code = 1
+    # the child's results go through an unnamed temporary file, not a pipe: the child writes them the moment
+    # it is done and exits, and the parent reads them in one call when it is done (26 MB through a 64 KB
+    # pipe cost ~30 ms more, in hand-offs between the two)
+    with contextlib.ExitStack() as stack:
         try:
-            os.close(r)
-            data = pickle.dumps(_load_files(paths[half:], root, store, encoding), pickle.HIGHEST_PROTOCOL)
-            with os.fdopen(w, "wb") as fh:
-                fh.write(data)
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(w)
-    mine = _load_files(paths[:half], root, store, encoding)
-    with os.fdopen(r, "rb") as fh:
-        data = fh.read()
-    _, status = os.waitpid(pid, 0)
-    theirs = None
-    if status == 0:
-        with contextlib.suppress(Exception):  # a child that died half-way is a half done here instead
-            theirs = pickle.loads(data)
+            spool = stack.enter_context(tempfile.TemporaryFile())
+            pid = os.fork()
+        except OSError:
+            return _load_files(paths, root, store, encoding)
+        if pid == 0:  # the child: its half, into the spool; never returns into the caller's code
+            code = 1
+            try:
+                spool.write(_to_wire(_load_files(paths[half:], root, store, encoding)))
+                spool.flush()
+                code = 0
+            finally:
+                os._exit(code)
+        mine = _load_files(paths[:half], root, store, encoding)
+        _, status = os.waitpid(pid, 0)
+        theirs = None
+        if status == 0:
+            with contextlib.suppress(Exception):  # a child that died half-way is a half done here instead
+                spool.seek(0)
+                theirs = _from_wire(spool.read())
     if not isinstance(theirs, list) or len(theirs) != len(paths) - half:
         theirs = _load_files(paths[half:], root, store, encoding)
     return mine + theirs
+
+
+_FACT_FIELDS = tuple(f.name for f in fields(_Facts))
+
+
+def _to_wire(loaded: list[_Loaded]) -> bytes:
+    """The child's results for the parent. marshal, with each _Facts as a tuple of its fields: the
+    parent, which waits for them, reads 2,350 files' facts in ~30 ms instead of pickle's ~80 ms (both
+    ends are the same interpreter, forked). Pickle when something in them is not a plain value."""
+    try:
+        return b"M" + marshal.dumps(
+            [
+                (source, None if f is None else tuple(getattr(f, n) for n in _FACT_FIELDS), found)
+                for source, f, found in loaded
+            ]
+        )
+    except ValueError:
+        return b"P" + pickle.dumps(loaded, pickle.HIGHEST_PROTOCOL)
+
+
+def _from_wire(data: bytes) -> list[_Loaded]:
+    if data[:1] == b"P":
+        return pickle.loads(memoryview(data)[1:])
+    return [
+        (source, None if f is None else _Facts(*f), found)
+        for source, f, found in marshal.loads(memoryview(data)[1:])
+    ]
 
 
 def _flush_aside(cache: PickleCache, loaded: int) -> int | None:

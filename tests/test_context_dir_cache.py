@@ -184,6 +184,23 @@ def test_forked_loading_gives_the_same_index(cache_dir, tmp_path, monkeypatch):
     assert len([k for k in compress._FACTS.data() if k.startswith(str(root.absolute()))]) == 12
 
 
+def test_the_childs_results_cross_the_pipe_unchanged(cache_dir, tmp_path):
+    """The forked child sends its files' facts as marshal (pickle when a problem object rides along)."""
+    from agent.steering import scan_names
+
+    root = _ctx(tmp_path / "ctx", 6)
+    r, names, _ = scan_names(root)
+    loaded = compress._load_files([Path(n) for n in names], r, {}, "cl100k_base")
+    wire = compress._to_wire(loaded)
+    assert wire[:1] == b"M" and compress._from_wire(wire) == loaded
+    (root / "broken.yaml").write_text("rules: [unclosed\n")
+    r, names, _ = scan_names(root)
+    with_problem = compress._load_files([Path(n) for n in names], r, {}, "cl100k_base")
+    assert any(found for _, _, found in with_problem)
+    wire = compress._to_wire(with_problem)
+    assert wire[:1] == b"P" and compress._from_wire(wire) == with_problem  # a LoadProblem is no plain value
+
+
 def test_a_failed_child_is_done_by_the_parent(cache_dir, tmp_path, monkeypatch):
     root = _ctx(tmp_path / "ctx", 12)
     expected = _library_packs(root)
