@@ -578,6 +578,11 @@ class _Lines:
     __slots__ = ("blob", "ends")
 
     def __init__(self, strings: list[str]) -> None:
+        joined = "".join(strings)
+        if joined.isascii():  # one byte per character: encoded once, each length is the string's own
+            self.blob = np.frombuffer(joined.encode(), dtype=np.uint8)
+            self.ends = np.cumsum(np.fromiter(map(len, strings), dtype=np.int64, count=len(strings)))
+            return
         encoded = [s.encode() for s in strings]
         self.blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
         self.ends = np.cumsum([len(e) for e in encoded], dtype=np.int64)

@@ -234,3 +234,13 @@ def test_mapped_cache_file_round_trips_and_rejects_damage(tmp_path):
         assert load_mapped(path) == {}
     assert load_mapped(tmp_path / "missing.map") == {}
     assert load_mapped(None) == {}
+
+
+@pytest.mark.parametrize(
+    "strings", [[], [""], ["- [a] b\n", "", "c"], ["Daten dürfen nicht", "x", "日本語の方針"]]
+)
+def test_lines_blob_gives_back_every_string(strings):
+    """The index keeps clause lines as one UTF-8 blob with end offsets (ASCII and non-ASCII paths)."""
+    lines = compress._Lines(strings)
+    assert lines.all() == strings and len(lines) == len(strings)
+    assert [lines[i] for i in reversed(range(len(strings)))] == strings[::-1]
