@@ -222,12 +222,13 @@ def make_policy_dir(root: Path, files: int) -> None:
         (root / f"policy-{i:05d}.md").write_text(f"---\nid: p{i:05d}\ntitle: Policy {i}\n---\n## {body}\n")
 
 
-def bench_big_context(files: int) -> list[dict]:
+def bench_big_context(files: int, runs: int = 3) -> list[dict]:
+    """Cold: every cache empty (a fresh cache and data dir per run, so the tokenizer's rank cache too);
+    warm: the same directory again. Medians of ``runs``."""
     tmp = Path(tempfile.mkdtemp())
     try:
         make_policy_dir(tmp / "ctx", files)
         size_mb = sum(p.stat().st_size for p in (tmp / "ctx").iterdir()) / 1e6
-        env = {**BASE_ENV, "XDG_CACHE_HOME": str(tmp / "cache"), "XDG_DATA_HOME": str(tmp / "data")}
         cmd = [
             *cli(),
             "context",
@@ -237,19 +238,31 @@ def bench_big_context(files: int) -> list[dict]:
             "--no-memory",
             "--json",
         ]
-        cold = wall(cmd, env=env)
-        warm, _ = median_of(3, lambda: wall(cmd, env=env))
+        runs_dirs = iter(range(runs))
+
+        def cold_run() -> float:
+            n = next(runs_dirs)
+            env = {
+                **BASE_ENV,
+                "XDG_CACHE_HOME": str(tmp / f"cache{n}"),
+                "XDG_DATA_HOME": str(tmp / f"data{n}"),
+            }
+            return wall(cmd, env=env)
+
+        cold, _ = median_of(runs, cold_run)
+        env = {**BASE_ENV, "XDG_CACHE_HOME": str(tmp / "cache0"), "XDG_DATA_HOME": str(tmp / "data0")}
+        warm, _ = median_of(runs, lambda: wall(cmd, env=env))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return [
         {
-            "metric": f"context over {files} policy files ({size_mb:.1f} MB), cold",
+            "metric": f"context over {files} policy files ({size_mb:.1f} MB), cold (median of {runs})",
             "value_ms": round(cold * 1000, 1),
             "goal": "<= 2000 ms",
             "ok": cold <= 2.0,
         },
         {
-            "metric": f"context over {files} policy files, warm cache",
+            "metric": f"context over {files} policy files, warm cache (median of {runs})",
             "value_ms": round(warm * 1000, 1),
             "goal": "<= 300 ms",
             "ok": warm <= 0.3,
