@@ -281,7 +281,7 @@ def main() -> int:
     rows = [
         bench_help(runs),
         bench_session_start(runs),
-        *bench_cold_design(runs),
+        *bench_cold_design(max(runs, 9)),  # the ratio moves most between runs: more samples
         bench_warm_design(),
         bench_warm_other_design(),
         bench_batch(40 if args.quick else 100, jobs),
