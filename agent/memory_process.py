@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
+import select
+import struct
 import sys
 import threading
 from collections.abc import Callable
@@ -34,16 +37,14 @@ class MemoryProcess:
     at the call that met them."""
 
     def __init__(self, memory_dir: str | Path | None, memory_url: str | None) -> None:
-        from multiprocessing.connection import Pipe
-
         self.location = memory_url or str(memory_dir or "the memory store")
-        parent, child = Pipe()
+        parent, child = _channel_pair()
         pid = os.fork()
         if pid == 0:  # the child never returns from here
             parent.close()
             _serve(child, memory_dir, memory_url)
         child.close()
-        self._conn: Any = parent
+        self._conn: _Channel | None = parent
         self._pid = pid
         # runs once, in this process, the first time a call has to wait for the child (the CLI warms the
         # rest of the pipeline there); it is given a function that tells whether the answer has arrived
@@ -94,6 +95,53 @@ class MemoryProcess:
 
     def __del__(self) -> None:
         self.close()
+
+
+class _Channel:
+    """One end of a two-way channel between the CLI and its memory process: two pipes carrying
+    length-prefixed pickles. (multiprocessing.connection does the same; importing it cost ~9 ms before
+    the fork, on the critical path of a cold design.)"""
+
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self._read_fd, self._write_fd = read_fd, write_fd
+
+    def send(self, obj: Any) -> None:
+        """Raises OSError (BrokenPipeError) when the other end is gone."""
+        data = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        view = memoryview(struct.pack("<Q", len(data)) + data)
+        while view:
+            view = view[os.write(self._write_fd, view) :]
+
+    def recv(self) -> Any:
+        """Raises EOFError when the other end is gone."""
+        (size,) = struct.unpack("<Q", self._read_exactly(8))
+        return pickle.loads(self._read_exactly(size))
+
+    def poll(self) -> bool:
+        """Whether something has arrived (or the other end is gone): recv would not wait."""
+        return bool(select.select([self._read_fd], [], [], 0)[0])
+
+    def close(self) -> None:
+        for fd in (self._read_fd, self._write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _read_exactly(self, size: int) -> bytes:
+        chunks, missing = [], size
+        while missing:
+            chunk = os.read(self._read_fd, min(missing, 1 << 20))
+            if not chunk:
+                raise EOFError
+            chunks.append(chunk)
+            missing -= len(chunk)
+        return b"".join(chunks)
+
+
+def _channel_pair() -> tuple[_Channel, _Channel]:
+    """The parent's end and the child's end; after the fork each side closes the other's."""
+    to_child_r, to_child_w = os.pipe()
+    to_parent_r, to_parent_w = os.pipe()
+    return _Channel(to_parent_r, to_child_w), _Channel(to_child_r, to_parent_w)
 
 
 def _serve(conn: Any, memory_dir: str | Path | None, memory_url: str | None) -> None:

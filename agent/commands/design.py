@@ -1,14 +1,16 @@
-"""data-agent design REQUEST... --out DIR"""
+"""data-agent design REQUEST... --out DIR
+
+Imports here stay light (no dataclasses, pickle or multiprocessing at module level): a single design forks
+its memory process as soon as the arguments are parsed, and whatever is imported before that fork delays
+the child's Chroma import, the critical path of a cold design."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import gc
 import json
 import os
-import pickle
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -178,6 +180,8 @@ def _rehearse(config: Any, request: str, answered: Callable[[], bool]) -> None:
     Only with the rules planner: nothing here may call a network service or write a file."""
     if config.planner != "rules" or answered():
         return
+    import dataclasses
+
     from agent.errors import DataAgentError
     from agent.runtime import DataEngineerAgent
 
@@ -246,6 +250,9 @@ def _init_worker(config: Any, as_json: bool, defer_remember: bool = False) -> No
 
 def _design_task(task: tuple[int, str, str]) -> dict[str, Any]:
     """One request of a batch: the design's outcome, or the error it raised; never an exception."""
+    import dataclasses
+    import pickle
+
     from agent.errors import DataAgentError
 
     index, request, out = task
@@ -299,6 +306,8 @@ def _remember_batch(config: Any, outcomes: list[dict[str, Any]], as_json: bool) 
     then finish the outputs the workers left open (they carry the remembered id). The whole batch is
     designed before the first design is remembered: no design of a batch recalls another, so the results
     do not depend on scheduling."""
+    import pickle
+
     from agent.runtime import DataEngineerAgent
 
     done = [o for o in outcomes if "result" in o]
