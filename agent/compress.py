@@ -28,7 +28,6 @@ files reads one mapped file and builds no policy model when nothing changed.
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import marshal
 import math
@@ -38,17 +37,18 @@ import re
 import tempfile
 import threading
 from collections import Counter, _count_elements  # type: ignore[attr-defined]  # Counter's C helper
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from agent import tokens
-from agent.diskcache import PickleCache, load_mapped, save_mapped
+from agent.diskcache import PickleCache, load_mapped, paused_gc, save_mapped
 from agent.models import ContextPack, DesignRequest, PackItem, Policy, PolicyRule, RecalledMemory
-from agent.steering import PolicySet
+from agent.steering import PolicySet, stat_stamp
 
 DEFAULT_BUDGET = 4000
 POLICY_SHARE = 0.7
@@ -464,12 +464,17 @@ def _policy_facts(policies: PolicySet, encoding: str) -> list[_Facts]:
             _FACTS.mark_dirty()
         out.append(f)
     if store is not None and _FACTS.dirty:
-        # an edited file's older versions are dead weight: keep one entry per path
-        current = {src.rpartition(":")[0]: src for src in sources if src}
-        for stale in [k for k in store if current.get(k.rpartition(":")[0], k) != k]:
-            del store[stale]
+        _drop_older_versions(store, sources)
         _FACTS.flush()
     return out
+
+
+def _drop_older_versions(store: dict, sources: Iterable[str]) -> None:
+    """An edited file's older versions are dead weight in the facts cache: keep, for each path among
+    ``sources`` (``path:sha256`` keys), only the current version."""
+    current = {src.rpartition(":")[0]: src for src in sources if src}
+    for stale in [k for k in store if current.get(k.rpartition(":")[0], k) != k]:
+        del store[stale]
 
 
 class _Level:
@@ -835,14 +840,9 @@ def pack(
         raise ValueError("budget must be at least 50 tokens")
     # Packing a large corpus allocates one small object per clause; a cyclic GC pass over the loaded
     # policies in the middle of that costs more than the pack itself, so it waits until we are done.
-    paused = gc.isenabled()
-    gc.disable()
-    try:
+    with paused_gc():
         index = _index(policies, encoding)
         return pack_index(index, request, query, memories, budget, encoding, safety_factor).model()
-    finally:
-        if paused:
-            gc.enable()
 
 
 # What a policy clause's accounting line says, by outcome; the relevance-bearing ones are formatted only
@@ -914,6 +914,20 @@ class Packed:
             else:
                 out.append(item(ids[i], "dropped", "over the policy budget after exact count", n, shown))
         return out + list(self.memory_items)
+
+    def to_dict(self, limit: int | None = None) -> dict[str, Any]:
+        """What ``model().model_dump()`` gives, with ``items(limit)`` and ``items_omitted`` (the dropped
+        clauses left out). Plain dicts: model_dump over tens of thousands of items costs more than the pack."""
+        items = self.items(limit)
+        out: dict[str, Any] = {}
+        for name in ContextPack.model_fields:
+            if name == "items":
+                out[name] = [{f: getattr(i, f) for f in PackItem.model_fields} for i in items]
+                listed = sum(1 for i in items if i.origin == "policy" and i.status == "dropped")
+                out["items_omitted"] = self.dropped() - listed
+            else:
+                out[name] = getattr(self, name)
+        return out
 
     def model(self) -> ContextPack:
         return ContextPack(
@@ -1105,8 +1119,9 @@ def _policy_item(id: str, status: str, reason: str, tokens: int, score: float) -
 def _select_rules(
     index: _Index, ranked: np.ndarray, budget: int, header: str, encoding: str
 ) -> tuple[list[int], np.ndarray]:
-    """Greedy by rank: a clause is kept when it and any new heading fit; otherwise dropped with the reason.
-    Returns the kept rank positions, in the order taken, and every rank position's outcome code."""
+    """Greedy by rank: a clause is kept when it and any new heading fit, otherwise dropped. Returns the kept
+    rank positions, in the order taken, and every rank position's outcome code (Packed.items words the
+    reasons)."""
     n = len(ranked)
     outcome = np.full(n, _NO_ROOM, dtype=np.int8)
     line_tokens = index.line_tokens[ranked]
@@ -1205,7 +1220,7 @@ def _stamps(names: list[str]) -> tuple | None:
             st = os.stat(name)
         except OSError:
             return None  # an unreadable entry is reported by the loader; never cache around it
-        out.append((name, st.st_mtime_ns, st.st_size, st.st_ctime_ns, st.st_ino))
+        out.append((name, *stat_stamp(st)))
     return tuple(out)
 
 
@@ -1380,9 +1395,7 @@ def load_index(context: str | Path | None, encoding: str = tokens.DEFAULT_ENCODI
             _FACTS.mark_dirty()
     writer = None
     if _FACTS.dirty:
-        current = {src.rpartition(":")[0]: src for src, _, _ in done if src}
-        for stale in [k for k in store if current.get(k.rpartition(":")[0], k) != k]:
-            del store[stale]
+        _drop_older_versions(store, (source for source, _, _ in done))
         writer = _flush_aside(_FACTS, len(todo))
     index = _build_index([done[n][1] for n in kept], encoding, ("dir", str(root.absolute()), encoding))
     if where is not None:

@@ -42,7 +42,6 @@ import copy
 import fcntl
 import hashlib
 import json
-import marshal
 import os
 import random
 import sys
@@ -932,8 +931,8 @@ _STARTER_VECTORS: dict[str, list[list[float]]] = {}
 
 def _starter_embeddings(embedder: HashingEmbedder, memories: Sequence[Memory]) -> list[list[float]] | None:
     """The starters' embeddings, a pure function of the embedder and the texts: computed once, then read
-    back from this process or from the user cache dir (``starter-embeddings-<hash>.marshal``, atomic write,
-    an unreadable or mis-shaped file is recomputed). None for an embedder of another type (embedded fresh)."""
+    back from this process or from the cache dir (``starter-embeddings-<hash>.marshal``; an unreadable,
+    damaged or mis-shaped file is recomputed). None for an embedder of another type (embedded fresh)."""
     if type(embedder) is not HashingEmbedder or not memories:
         return None
     h = hashlib.sha256(f"{type(embedder).__qualname__}\0{embedder.name}\0{embedder.dimension}".encode())
@@ -945,38 +944,21 @@ def _starter_embeddings(embedder: HashingEmbedder, memories: Sequence[Memory]) -
     key = h.hexdigest()[:20]
     if (hit := _STARTER_VECTORS.get(key)) is not None:
         return hit
-    where = os.environ.get("DATA_AGENT_CACHE_DIR")
-    if where and where.lower() in ("off", "0", "none", "false"):
-        path = None
-    else:
-        from agent.resources import user_data_dir
+    from agent.diskcache import cache_dir, load_marshal, save_marshal
 
-        path = (Path(where) if where else user_data_dir() / "cache") / f"starter-embeddings-{key}.marshal"
-
-    def well_formed(data: Any) -> bool:
-        return (
-            isinstance(data, list)
-            and len(data) == len(memories)
-            and all(
-                isinstance(v, list) and len(v) == embedder.dimension and all(type(x) is float for x in v)
-                for v in data
-            )
-        )
-
-    vectors = None
-    if path is not None:
-        with contextlib.suppress(Exception):  # a corrupt cache is a cold cache
-            data = marshal.loads(path.read_bytes())
-            if well_formed(data):
-                vectors = data
-    if vectors is None:
+    base = cache_dir()
+    path = base / f"starter-embeddings-{key}.marshal" if base is not None else None
+    vectors = load_marshal(path)  # checksummed: a damaged file reads as None
+    if not (
+        isinstance(vectors, list)
+        and len(vectors) == len(memories)
+        and all(isinstance(v, list) and len(v) == embedder.dimension for v in vectors)
+    ):
         vectors = embedder.embed([m.text for m in memories])
         if path is not None:
-            with contextlib.suppress(OSError):  # a read-only cache dir only costs speed
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                tmp.write_bytes(marshal.dumps(vectors))
-                os.replace(tmp, path)
+            save_marshal(
+                path, vectors, prefix=".starter-embeddings-"
+            )  # a read-only cache dir costs speed only
     _STARTER_VECTORS[key] = vectors
     return vectors
 
@@ -1047,16 +1029,37 @@ def storage_error(exc: BaseException, location: str) -> MemoryStoreError:
     return MemoryStoreError(f"the memory operation failed: {text[:200]}", path=location, hint=REBUILD_HINT)
 
 
+def parse_export(text: str, path: str | Path) -> list[Memory]:
+    """The memories of an export (``data-agent memory export``, one JSON object per line), every line
+    validated before anything is stored; the first bad line is named."""
+    from pydantic import ValidationError
+
+    memories = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            memories.append(Memory.model_validate_json(line))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first.get("loc", ())) or None
+            raise MemoryStoreError(
+                f"invalid memory on line {number}: {first.get('msg')}; nothing was imported",
+                path=path,
+                line=number,
+                field=field,
+            ) from None
+    return memories
+
+
 def rebuild_store(path: Path, *, export: Path | None = None, bundles: Sequence[Path] = ()) -> dict[str, Any]:
     """Move a damaged embedded store aside and build a new one from an export and/or saved bundles."""
     from agent.models import Design
 
     memories: list[Memory] = []
     if export is not None:
-        from agent.commands.memory import parse_jsonl
-
         try:
-            memories = parse_jsonl(export.read_text(encoding="utf-8"), str(export))
+            memories = parse_export(export.read_text(encoding="utf-8"), export)
         except OSError as exc:
             raise MemoryStoreError(f"cannot read the export: {exc.strerror}", path=export) from None
     designs: list[tuple[Design, str]] = []
@@ -1077,8 +1080,7 @@ def rebuild_store(path: Path, *, export: Path | None = None, bundles: Sequence[P
     store = MemoryStore(path, seed=not memories)
     if memories:
         store.import_memories(memories)
-    for design, bundle in designs:
-        store.remember_design(design, bundle=bundle)
+    store.remember_designs(designs)
     return {
         "path": str(path),
         "moved_aside": str(moved) if moved else None,

@@ -2,8 +2,9 @@
 
 A cold design spends ~0.4 s importing Chroma and opening the store, and about as long importing and warming
 everything else (sqlglot, DuckDB, the Jinja2 templates, the tokenizer). Neither needs the other before the
-recall stage, so on Linux the CLI forks right after start-up: the child imports Chroma, opens the store and
-then answers ``recall`` and ``remember_run`` over a pipe, while the parent warms the rest on the other CPU.
+recall stage, so on Linux the CLI forks as soon as it has parsed its arguments: the child imports Chroma,
+opens the store and then answers ``recall`` and ``remember_run`` over a pair of pipes, while the parent warms
+the rest on the other CPU (and rehearses the design: agent/commands/design.py).
 The store is used exactly as in one process (the same file lock and generation checks); the parent never
 imports Chroma.
 
@@ -144,12 +145,13 @@ def _channel_pair() -> tuple[_Channel, _Channel]:
     return _Channel(to_parent_r, to_child_w), _Channel(to_child_r, to_parent_w)
 
 
-def _serve(conn: Any, memory_dir: str | Path | None, memory_url: str | None) -> None:
+def _serve(conn: _Channel, memory_dir: str | Path | None, memory_url: str | None) -> None:
     """The child: open the store at once (this is the work being overlapped), then answer calls until told
     to close or the parent goes away. Always leaves through ``os._exit``: nothing of the parent's exit
     handlers or buffered output runs or is written twice here."""
     code = 0
     store: Any = None
+    opened = False
     opening_error: BaseException | None = None
     try:
         from agent.memory import open_store
@@ -158,6 +160,7 @@ def _serve(conn: Any, memory_dir: str | Path | None, memory_url: str | None) -> 
             store = open_store(memory_dir, memory_url)
             if store.url or store.exists():
                 store.count()  # import Chroma and open the client: the slow part
+                opened = True
             else:  # a new store is created (and seeded) once the parent says the request is valid
                 import chromadb.api.rust  # noqa: F401
         except DataAgentError as exc:
@@ -170,7 +173,7 @@ def _serve(conn: Any, memory_dir: str | Path | None, memory_url: str | None) -> 
             if method == "close":
                 break
             if method == "prepare":  # no reply: an error here is met again, and reported, by the next call
-                if opening_error is None:
+                if opening_error is None and not opened:
                     with contextlib.suppress(DataAgentError):
                         store.count()
                 continue

@@ -108,7 +108,7 @@ def bytecode_cache(kind: str) -> Any:
     import jinja2
     from jinja2.bccache import FileSystemBytecodeCache
 
-    from agent.tokens import cache_dir
+    from agent.diskcache import cache_dir
 
     base = cache_dir()
     if base is None:

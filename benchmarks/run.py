@@ -3,8 +3,9 @@
     python benchmarks/run.py [--quick] [--only performance,compression,retrieval]
 
 Runs benchmarks/performance/run.py, benchmarks/compression/run.py and benchmarks/retrieval/run.py (each in
-its own process, quick modes where they exist), prints one table (metric, value, goal, ok) and writes
-benchmarks/results/latest.json with the machine it ran on (CPUs, memory, Python, CPU model). Ratios are
+its own process, quick modes where they exist), prints one table (metric, value, goal, ok) and, after a
+full run, writes benchmarks/results/ (latest.json with the machine it ran on: CPUs, memory, Python, CPU
+model); a quick or partial run leaves the committed results alone. Ratios are
 measured side by side inside each benchmark, so a slower machine moves both sides.
 """
 
@@ -76,28 +77,28 @@ def performance(quick: bool) -> list[dict]:
 
 
 def compression(quick: bool) -> list[dict]:
-    # no quick mode; --repeat 1 is its cheapest honest setting. --json writes results/compression.json.
-    proc = _run(
-        [sys.executable, "benchmarks/compression/run.py", "--json", "--repeat", "1" if quick else "3"]
-    )
-    if proc.returncode != 0:
-        return [_failed("compression", proc)]
-    data = json.loads((RESULTS / "compression.json").read_text())
+    # no quick mode; --repeat 1 is its cheapest honest setting, and a quick run writes to a temporary file
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "compression.json" if quick else RESULTS / "compression.json"
+        repeat = "1" if quick else "3"
+        proc = _run(
+            [sys.executable, "benchmarks/compression/run.py", "--json", "--repeat", repeat, "--out", str(out)]
+        )
+        if proc.returncode != 0:
+            return [_failed("compression", proc)]
+        data = json.loads(out.read_text())
     rows = []
     for label, info in data["corpora"].items():
         ours = info["methods"]["ours (agent.compress)"]
         b = ours["budgets"]
         r4, r2 = b["4000"], b["2000"]
-        over = sum(x["over_budget"] for x in b.values())
-        ok = r4["mean_recall"] >= 0.95 and r4["min_recall"] >= 0.85 and r2["mean_recall"] >= 0.90
-        ok = ok and over == 0 and not ours.get("not_verbatim")
         rows.append(
             {
                 "benchmark": "compression",
                 "metric": f"pack recall, {label} corpus (mean/min @4000, mean @2000)",
                 "value": f"{r4['mean_recall']}/{r4['min_recall']}, {r2['mean_recall']}",
-                "goal": ">= 0.95/0.85, >= 0.90; never over budget; verbatim",
-                "ok": ok,
+                "goal": data["goals"],
+                "ok": info["ok"],
                 "raw": {
                     "budgets": {
                         k: {kk: vv for kk, vv in v.items() if kk != "per_request"} for k, v in b.items()
@@ -147,7 +148,7 @@ def retrieval(quick: bool) -> list[dict]:
                 "benchmark": "retrieval",
                 "metric": f"recall, {s['backend']}, {s['memories']:,} memories (per-op / reopen / session p50; "
                 "insert)",
-                "value": f"{s['per_op_p50_ms']} / {s.get('reopen_p50_ms', '-')} / {s['session_p50_ms']} ms; "
+                "value": f"{s['per_op_p50_ms']} / {s['reopen_p50_ms']} / {s['session_p50_ms']} ms; "
                 f"{s['insert_per_s']:.0f}/s",
                 "goal": f"per-op <= {goal_ms} ms, insert >= 500/s" if goal_ms else "insert >= 500/s",
                 "ok": (goal_ms is None or s["per_op_p50_ms"] <= goal_ms) and s["insert_per_s"] >= 500,
@@ -204,12 +205,15 @@ def main() -> int:
         "seconds": round(time.time() - started, 1),
         "rows": rows,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
     m = result["machine"]
     print(f"machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gb']} GB, Python {m['python']}")
     print(table(rows))
-    print(f"\nwrote {RESULTS / 'latest.json'}")
+    if args.quick or names != list(BENCHMARKS):
+        print("\na quick or partial run: benchmarks/results/ is left as the last full run wrote it")
+    else:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "latest.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(f"\nwrote {RESULTS / 'latest.json'}")
     return 0 if all(r["ok"] for r in rows) else 1
 
 

@@ -33,19 +33,30 @@ _SCRUB = (
 )
 
 
+_SESSION_BASE: list[Path] = []
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """In-process code under test never reads or writes the real user's data, cache or memory."""
     import tempfile
 
     base = Path(tempfile.mkdtemp(prefix="data-agent-tests-"))
+    _SESSION_BASE.append(base)
+    for key in _SCRUB:
+        os.environ.pop(key, None)
     os.environ.update(
         DATA_AGENT_CACHE_DIR=str(base / "cache"),
         DATA_AGENT_MEMORY_DIR=str(base / "memory"),
         XDG_DATA_HOME=str(base / "xdg-data"),
         XDG_CACHE_HOME=str(base / "xdg-cache"),
     )
-    for key in ("DATA_AGENT_MEMORY_URL", "DATA_AGENT_CONTEXT", "CLAUDE_PLUGIN_DATA", "ANTHROPIC_API_KEY"):
-        os.environ.pop(key, None)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    import shutil
+
+    for base in _SESSION_BASE:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def isolated_env(home: Path) -> dict[str, str]:
@@ -100,6 +111,36 @@ def one_json_object(stdout: str) -> dict[str, Any]:
     assert end == len(text), f"more than one JSON value on stdout: {text[end : end + 200]!r}"
     assert isinstance(obj, dict), f"stdout is a JSON {type(obj).__name__}, not an object"
     return obj
+
+
+def bundle_files(root: Path, *, manifest: bool = True) -> dict[str, bytes]:
+    """Every file under ``root``, by relative path; ``manifest=False`` leaves out manifest.json, which
+    carries timings."""
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and (manifest or p.relative_to(root).as_posix() != "manifest.json")
+    }
+
+
+def leftovers(parent: Path) -> list[str]:
+    """What an interrupted or failed bundle write could leave beside its target: staging or swapped-out
+    folders."""
+    return [p.name for p in parent.iterdir() if p.name.endswith(".tmp") or ".old-" in p.name]
+
+
+def assert_clean_failure(proc: subprocess.CompletedProcess, *, out: Path | None = None) -> str:
+    """A failed command: non-zero exit, one ``data-agent: error:`` line on stderr and no traceback, and
+    (given ``out``) no bundle and nothing half-written beside it. Returns the error line."""
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line on stderr, got: {proc.stderr!r}"
+    assert lines[0].startswith("data-agent: error: ")
+    if out is not None:
+        assert not out.exists(), f"{out} was created by a failed run"
+        assert leftovers(out.parent) == []
+    return lines[0]
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from agent.runtime import STAGES
-from tests.conftest import EXAMPLES, Cli, isolated_env, one_json_object
+from tests.conftest import EXAMPLES, Cli, assert_clean_failure, isolated_env, one_json_object
 
 ORDERS = EXAMPLES / "orders_cdc_snowflake.yaml"
 FREE_TEXT = "CDC from Postgres orders and customers into Snowflake every hour, emails are PII, GDPR applies"
@@ -283,19 +283,6 @@ def _tree_digest(folder: Path) -> str:
         if p.is_file():
             h.update(p.read_bytes())
     return h.hexdigest()
-
-
-def assert_clean_failure(proc: subprocess.CompletedProcess, *, out: Path | None = None) -> str:
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line on stderr, got: {proc.stderr!r}"
-    assert lines[0].startswith("data-agent: error: ")
-    if out is not None:
-        assert not out.exists(), f"{out} was created by a failed run"
-        leftovers = [p.name for p in out.parent.iterdir() if p.name.endswith(".tmp") or ".old-" in p.name]
-        assert leftovers == []
-    return lines[0]
 
 
 def test_missing_request_file(run_cli: Cli, tmp_path: Path) -> None:

@@ -6,11 +6,12 @@ import random
 
 import pytest
 
-from agent import steering, tokens
+from agent import tokens
 from agent.compress import POLICY_SHARE, pack
 from agent.models import Memory, RecalledMemory
 from agent.request import request_from_text
 from agent.steering import load_policies
+from tests.conftest import forget_caches
 
 BUDGETS = sorted(
     {50, 60, 80, 120, 200, 333, 500, 777, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000}
@@ -28,7 +29,7 @@ def policies(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     mp = pytest.MonkeyPatch()
     mp.setenv("DATA_AGENT_CACHE_DIR", str(cache))
-    steering._CACHE.clear()
+    forget_caches()
     ps = load_policies(None)
     ps.policies = [p.model_copy(deep=True) for p in ps.policies]  # the loader's objects are shared
     first = ps.policies[0]
@@ -74,7 +75,7 @@ def test_safety_factor_shrinks_the_limit(policies):
 def test_same_input_same_bytes(policies):
     req = request_from_text("replicate postgres customers with emails into snowflake hourly")
     a = pack(policies, req, memories=memories(), budget=1500)
-    steering._CACHE.clear()
+    forget_caches()
     b = pack(load_policies(None), req, memories=memories(), budget=1500)
     # b has no always flags, so compare a with a fresh pack of the same set
     c = pack(policies, req, memories=memories(), budget=1500)

@@ -7,7 +7,6 @@ few megabytes (skipped where mounting is not allowed), the busy store is another
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -18,20 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import MemoryStoreError, OutputError, RenderError
+from agent.errors import MemoryStoreError, RenderError
 from agent.render import write_bundle
-from tests.conftest import EXAMPLES, Cli, one_json_object
+from tests.conftest import EXAMPLES, Cli, assert_clean_failure, bundle_files, leftovers, one_json_object
 
 EXAMPLE = EXAMPLES / "orders_cdc_snowflake.yaml"
 OTHER = EXAMPLES / "clickstream_lakehouse.yaml"
-
-
-def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def leftovers(parent: Path) -> list[str]:
-    return [p.name for p in parent.iterdir() if p.name.endswith(".tmp") or ".old-" in p.name]
 
 
 def memory_ids(cli: Cli) -> list[str]:
@@ -60,7 +51,7 @@ def test_signal_mid_render_keeps_previous_bundle_and_memory(sig: int, run_cli: C
     out = tmp_path / "bundle"
     first = run_cli("design", EXAMPLE, "--out", out, "--json")
     assert first.returncode == 0, first.stderr
-    before, ids_before = snapshot(out), memory_ids(run_cli)
+    before, ids_before = bundle_files(out), memory_ids(run_cli)
 
     proc = subprocess.Popen(
         [
@@ -89,7 +80,7 @@ def test_signal_mid_render_keeps_previous_bundle_and_memory(sig: int, run_cli: C
 
     assert proc.returncode == (130 if sig == signal.SIGINT else 143), err
     assert "nothing was half-written" in err and "Traceback" not in err
-    assert snapshot(out) == before
+    assert bundle_files(out) == before
     assert leftovers(tmp_path) == []
     assert memory_ids(run_cli) == ids_before
 
@@ -107,37 +98,25 @@ class ExplodingFiles(dict):
 def test_interrupt_while_writing_leaves_previous_bundle(tmp_path: Path) -> None:
     out = tmp_path / "bundle"
     write_bundle(out, {"manifest.json": json.dumps({"tool": "data-agent"}), "a.txt": "old"})
-    before = snapshot(out)
+    before = bundle_files(out)
     files = ExplodingFiles({f"dir{i}/f{i}.txt": "new" for i in range(10)})
     files["manifest.json"] = json.dumps({"tool": "data-agent"})
     with pytest.raises(KeyboardInterrupt):
         write_bundle(out, files)
-    assert snapshot(out) == before
+    assert bundle_files(out) == before
     assert leftovers(tmp_path) == []
 
 
-def test_refuses_to_replace_a_folder_that_is_not_a_bundle(tmp_path: Path) -> None:
-    precious = tmp_path / "project"
-    precious.mkdir()
-    (precious / "keep.txt").write_text("mine")
-    with pytest.raises(OutputError):
-        write_bundle(precious, {"manifest.json": "{}"})
-    assert (precious / "keep.txt").read_text() == "mine"
-
-
 # -- repeat runs ---------------------------------------------------------------------------------------
-
-
-def without_manifest(files: dict[str, bytes]) -> dict[str, bytes]:
-    return {k: v for k, v in files.items() if k != "manifest.json"}
 
 
 def test_same_input_same_bytes(run_cli: Cli, tmp_path: Path) -> None:
     for name in ("a", "b"):
         proc = run_cli("design", EXAMPLE, "--out", tmp_path / name, "--no-memory")
         assert proc.returncode == 0, proc.stderr
-    a, b = snapshot(tmp_path / "a"), snapshot(tmp_path / "b")
-    assert a.keys() == b.keys() and without_manifest(a) == without_manifest(b)
+    a, b = bundle_files(tmp_path / "a"), bundle_files(tmp_path / "b")
+    assert a.keys() == b.keys()
+    assert bundle_files(tmp_path / "a", manifest=False) == bundle_files(tmp_path / "b", manifest=False)
     ma, mb = json.loads(a["manifest.json"]), json.loads(b["manifest.json"])
     for m in (ma, mb):  # only timings and timestamps may differ
         m.pop("total_seconds")
@@ -150,7 +129,9 @@ def test_same_input_same_bytes_with_memory(run_cli: Cli, tmp_path: Path) -> None
     for name in ("first", "second", "third"):
         assert run_cli("design", EXAMPLE, "--out", tmp_path / name).returncode == 0
     # the first run starts from an empty history; from then on the design recalls itself identically
-    assert without_manifest(snapshot(tmp_path / "second")) == without_manifest(snapshot(tmp_path / "third"))
+    assert bundle_files(tmp_path / "second", manifest=False) == bundle_files(
+        tmp_path / "third", manifest=False
+    )
 
 
 # -- the memory store under faults ------------------------------------------------------------------
@@ -173,11 +154,10 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
 
 def fill(disk: Path) -> Path:
     filler = disk / "filler"
-    with open(filler, "wb") as fh:
+    with open(filler, "wb", buffering=0) as fh:  # unbuffered: nothing is left for close() to fail on
         try:
             while True:
                 fh.write(b"\0" * 65536)
-                fh.flush()
         except OSError:
             pass
     return filler
@@ -193,11 +173,8 @@ def test_disk_full_is_a_clear_error_and_the_store_survives(
     before = memory_ids(cli)
     filler = fill(tiny_disk)
 
-    proc = cli("design", OTHER, "--out", tmp_path / "two")
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("data-agent: error:"), proc.stderr
-    assert "disk" in lines[0].lower() or "space" in lines[0].lower()
+    line = assert_clean_failure(cli("design", OTHER, "--out", tmp_path / "two"), out=tmp_path / "two")
+    assert "disk" in line.lower() or "space" in line.lower()
 
     filler.unlink()
     assert memory_ids(cli) == before  # nothing lost, nothing half-stored
@@ -285,13 +262,21 @@ def test_user_templates_render_in_the_sandbox(payload: str, tmp_path: Path) -> N
     assert not (tmp_path / "out").exists()
 
 
-def test_environment_is_not_leaked_into_templates(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["environ", "env", "os", "getenv"])
+def test_environment_is_not_reachable_from_templates(tmp_path: Path, monkeypatch, name: str) -> None:
+    """No template name leads to the process environment: a user template asking for it fails to render
+    (StrictUndefined), and nothing of a secret in the environment reaches a bundle."""
+    from agent.errors import RenderError
     from agent.runtime import DataEngineerAgent
 
-    os.environ["DATA_AGENT_TEST_SECRET"] = "do-not-render"
+    monkeypatch.setenv("DATA_AGENT_TEST_SECRET", "do-not-render")
     folder = tmp_path / "t" / "bundle"
     folder.mkdir(parents=True)
+    (folder / "README.md.j2").write_text(f"{{{{ {name} }}}}\n")
+    agent = DataEngineerAgent(use_memory=False, templates=tmp_path / "t")
+    with pytest.raises(RenderError, match="undefined"):
+        agent.design(EXAMPLE)
     (folder / "README.md.j2").write_text("{{ design.name }}\n")
-    result = DataEngineerAgent(use_memory=False, templates=tmp_path / "t").design(EXAMPLE)
+    result = agent.design(EXAMPLE)
     assert result.files["README.md"].strip() == result.design.name
     assert all("do-not-render" not in text for text in result.files.values())

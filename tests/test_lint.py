@@ -6,15 +6,13 @@ import json
 
 import pytest
 
-from agent import steering
 from agent.cli import main
 from agent.lint import lint_policies
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DATA_AGENT_CACHE_DIR", str(tmp_path / "cache"))
-    steering._CACHE.clear()
+def _isolated_cache(cache_dir):
+    """A private cache dir, and nothing of the caches held in memory (conftest's cache_dir)."""
 
 
 def planted(tmp_path):

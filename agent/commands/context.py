@@ -37,22 +37,27 @@ JSON_DROPPED_LISTED = 20
 
 
 def run(args: argparse.Namespace) -> int:
-    import gc
-
-    from agent.compress import load_index, pack_index
+    from agent.diskcache import paused_gc
     from agent.errors import DataAgentError
-    from agent.request import load_request  # runtime.to_request's own call for text; no runtime import
-    from agent.tokens import DEFAULT_CLAUDE_SAFETY_FACTOR
 
     if args.budget < 50:
         raise DataAgentError("--budget must be at least 50 tokens", field="budget")
-    # A one-shot command over a large context directory allocates many small objects and frees them at
-    # exit: cyclic GC passes over them would cost more than the work itself, and there are no cycles
-    # worth collecting here.
-    gc.disable()
+    # Loading a large context directory allocates many small objects: cyclic GC passes over them would cost
+    # more than the work itself, and there are no cycles worth collecting here.
+    with paused_gc():
+        return _pack_and_print(args)
+
+
+def _pack_and_print(args: argparse.Namespace) -> int:
+    import sys
+
+    from agent.compress import load_index, pack_index
+    from agent.request import load_request  # runtime.to_request's own call for text; no runtime import
+    from agent.tokens import DEFAULT_CLAUDE_SAFETY_FACTOR
+
     request = load_request(args.request)
-    # the packing index straight from the whole-directory cache when the directory is unchanged: no
-    # policy models are built for a pack that keeps a few hundred of tens of thousands of clauses
+    # the packing index straight from the whole-directory cache when the directory is unchanged: no policy
+    # models are built for a pack that keeps a few hundred of tens of thousands of clauses
     index, problems = load_index(args.context, args.encoding)
     memories = []
     if not args.no_memory:
@@ -69,44 +74,16 @@ def run(args: argparse.Namespace) -> int:
         DEFAULT_CLAUDE_SAFETY_FACTOR if args.for_claude else 1.0,
     )
     if args.json:
-        import json
-        import sys
+        from agent.cli import emit_json
 
-        items = result.items(None if args.explain else JSON_DROPPED_LISTED)
-        listed_dropped = sum(1 for i in items if i.origin == "policy" and i.status == "dropped")
-        # Plain dicts in model_dump's field order: model_dump of many items costs more than the pack.
-        out = {
-            "text": result.text,
-            "tokens": result.tokens,
-            "budget": result.budget,
-            "encoding": result.encoding,
-            "tokens_before": result.tokens_before,
-            "items": [
-                {
-                    "id": i.id,
-                    "origin": i.origin,
-                    "status": i.status,
-                    "reason": i.reason,
-                    "tokens": i.tokens,
-                    "score": i.score,
-                }
-                for i in items
-            ],
-            "items_omitted": result.dropped() - listed_dropped,
-            "policy_ids": result.policy_ids,
-            "memory_ids": result.memory_ids,
-            "problems": [str(p) for p in problems],
-        }
-        sys.stdout.write(json.dumps(out, default=str))
-        sys.stdout.write("\n")
+        out = result.to_dict(None if args.explain else JSON_DROPPED_LISTED)
+        emit_json({**out, "problems": [str(p) for p in problems]})
         return 0
     print(result.text)
     if args.explain:
         print("\n# Accounting")
         for item in result.items():
             print(f"{item.status:8} {item.origin:6} {item.id:40} {item.tokens:5} tok  {item.reason}")
-    import sys
-
     print(
         f"\n[{result.tokens} tokens of {result.budget} ({result.encoding}); {len(result.policy_ids)} clauses, "
         f"{len(result.memory_ids)} memories; from {result.tokens_before} tokens]",

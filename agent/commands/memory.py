@@ -227,33 +227,10 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_jsonl(text: str, path: str) -> list[Any]:
-    """Every line validated before anything is stored; the first bad line is named."""
-    from pydantic import ValidationError
-
-    from agent.errors import MemoryStoreError
-    from agent.models import Memory
-
-    memories = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            memories.append(Memory.model_validate_json(line))
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first.get("loc", ())) or None
-            raise MemoryStoreError(
-                f"invalid memory on line {number}: {first.get('msg')}; nothing was imported",
-                path=path,
-                line=number,
-                field=field,
-            ) from None
-    return memories
-
-
 def run_import(args: argparse.Namespace) -> int:
-    memories = parse_jsonl(_read(args.file), args.file)
+    from agent.memory import parse_export
+
+    memories = parse_export(_read(args.file), args.file)
     store = _store(args)
     store.seed = False  # a restore into an empty store brings exactly what the file holds
     count = store.import_memories(memories)

@@ -34,6 +34,18 @@ SCALES = {"40k": 1.7, "1MB": 8.2}
 GOALS = "mean recall >= 0.95 and min >= 0.85 at 4000; mean >= 0.90 at 2000; never over budget; verbatim"
 
 
+def meets_goals(ours: dict) -> bool:
+    """GOALS, checked on our method's row of one corpus."""
+    b = ours["budgets"]
+    return (
+        b[4000]["mean_recall"] >= 0.95
+        and b[4000]["min_recall"] >= 0.85
+        and b[2000]["mean_recall"] >= 0.90
+        and sum(x["over_budget"] for x in b.values()) == 0
+        and not ours.get("not_verbatim")
+    )
+
+
 def words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9]+", text.lower())
 
@@ -165,6 +177,7 @@ def evaluate(label: str, scale: float, encoding: str, repeat: int, layout: str) 
             if isinstance(method, Ours):
                 row["not_verbatim"] = method.not_verbatim
             info["methods"][method.name] = row
+        info["ok"] = meets_goals(info["methods"]["ours (agent.compress)"])
         return info
 
 
@@ -199,7 +212,13 @@ def table(results: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", action="store_true", help="also write benchmarks/results/compression.json")
+    ap.add_argument("--json", action="store_true", help="also write the results as JSON (see --out)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=HERE.parents[1] / "benchmarks" / "results" / "compression.json",
+        help="where --json writes (default: benchmarks/results/compression.json)",
+    )
     ap.add_argument("--encoding", default="cl100k_base", choices=tokens.ENCODINGS)
     ap.add_argument("--repeat", type=int, default=3, help="runs per request at 4000 for latency")
     ap.add_argument(
@@ -219,10 +238,9 @@ def main() -> int:
         }
     print(table(results))
     if args.json:
-        out = HERE.parents[1] / "benchmarks" / "results" / "compression.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-        print(f"\nwrote {out}")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        print(f"\nwrote {args.out}")
     return 0
 
 

@@ -29,17 +29,14 @@ RESULTS = REPO / "benchmarks" / "results" / "performance.json"
 BASE_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
-def wall(cmd: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> float:
+def wall(cmd: list[str], env: dict[str, str] | None = None) -> float:
     start = time.perf_counter()
-    subprocess.run(
-        cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env or BASE_ENV, cwd=cwd
-    )
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env or BASE_ENV)
     return time.perf_counter() - start
 
 
-def median_of(n: int, fn) -> tuple[float, list[float]]:
-    samples = [fn() for _ in range(n)]
-    return statistics.median(samples), samples
+def median_of(n: int, fn) -> float:
+    return statistics.median(fn() for _ in range(n))
 
 
 def cli() -> list[str]:
@@ -48,7 +45,7 @@ def cli() -> list[str]:
 
 
 def bench_help(runs: int) -> dict:
-    t, _ = median_of(runs, lambda: wall([*cli(), "--help"]))
+    t = median_of(runs, lambda: wall([*cli(), "--help"]))
     return {
         "metric": "data-agent --help",
         "value_ms": round(t * 1000, 1),
@@ -201,9 +198,7 @@ def bench_session_start(runs: int) -> dict:
         (venv_bin / "data-agent").chmod(0o755)
         (tmp / "venv" / ".data-agent-version").write_text(version)
         env = {**BASE_ENV, "CLAUDE_PLUGIN_ROOT": str(REPO), "CLAUDE_PLUGIN_DATA": str(tmp)}
-        t, _ = median_of(
-            max(runs, 7), lambda: wall(["bash", str(REPO / "hooks" / "session-start.sh")], env=env)
-        )
+        t = median_of(max(runs, 7), lambda: wall(["bash", str(REPO / "hooks" / "session-start.sh")], env=env))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {
@@ -238,20 +233,16 @@ def bench_big_context(files: int, runs: int = 3) -> list[dict]:
             "--no-memory",
             "--json",
         ]
-        runs_dirs = iter(range(runs))
 
-        def cold_run() -> float:
-            n = next(runs_dirs)
-            env = {
+        def env_for(n: int) -> dict[str, str]:  # run n's own cache and data dirs
+            return {
                 **BASE_ENV,
                 "XDG_CACHE_HOME": str(tmp / f"cache{n}"),
                 "XDG_DATA_HOME": str(tmp / f"data{n}"),
             }
-            return wall(cmd, env=env)
 
-        cold, _ = median_of(runs, cold_run)
-        env = {**BASE_ENV, "XDG_CACHE_HOME": str(tmp / "cache0"), "XDG_DATA_HOME": str(tmp / "data0")}
-        warm, _ = median_of(runs, lambda: wall(cmd, env=env))
+        cold = statistics.median(wall(cmd, env=env_for(n)) for n in range(runs))
+        warm = statistics.median(wall(cmd, env=env_for(0)) for _ in range(runs))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return [
@@ -289,9 +280,11 @@ def main() -> int:
         *([] if args.quick else [bench_batch(300, jobs)]),
         *bench_big_context(1000 if args.quick else 5000),
     ]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    machine = {"nproc": os.cpu_count(), "python": sys.version.split()[0]}
-    RESULTS.write_text(json.dumps({"machine": machine, "quick": args.quick, "rows": rows}, indent=2) + "\n")
+    if (
+        not args.quick
+    ):  # a quick run never replaces the committed results (benchmarks/run.py names the machine)
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
     if args.json:
         print(json.dumps({"rows": rows}))
     else:
