@@ -217,6 +217,7 @@ def forget_caches() -> None:
     steering._CACHE.clear()
     steering._DISK.reset()
     compress._FACTS.reset()
+    compress._LOADED.clear()
 
 
 @pytest.fixture

