@@ -52,6 +52,18 @@ def _library_packs(root: Path, encoding: str = "cl100k_base") -> list[dict]:
     return out + [{"problems": [str(p) for p in ps.problems]}]
 
 
+def _record_parsed(monkeypatch) -> list[str]:
+    """The names of the files parsed from now on, in order."""
+    parsed: list[str] = []
+    original = steering.parse_policy_bytes
+    monkeypatch.setattr(
+        steering,
+        "parse_policy_bytes",
+        lambda raw, path, root=None: parsed.append(path.name) or original(raw, path, root),
+    )
+    return parsed
+
+
 @pytest.mark.parametrize("encoding", ["cl100k_base", "o200k_base"])
 def test_cold_and_warm_directory_index_pack_like_the_library(cache_dir, tmp_path, encoding):
     root = _ctx(tmp_path / "ctx")
@@ -135,13 +147,7 @@ def test_damaged_facts_in_the_directory_cache_mean_those_files_are_read_again(
     (root / "p2.md").write_text((root / "p2.md").read_text().replace("retry 4 times", "retry 8 times"))
     expected = _library_packs(root)
     forget_caches()
-    parsed = []
-    original = steering.parse_policy_bytes
-    monkeypatch.setattr(
-        steering,
-        "parse_policy_bytes",
-        lambda raw, path, root=None: parsed.append(path.name) or original(raw, path, root),
-    )
+    parsed = _record_parsed(monkeypatch)
     assert _dir_packs(root) == expected
     assert sorted(parsed) == [f"p{i}.md" for i in range(6)]  # no facts to trust: every file again
 
@@ -212,13 +218,7 @@ def test_an_edit_reparses_only_the_edited_file(cache_dir, tmp_path, monkeypatch)
     load_index(root)
     (root / "p2.md").write_text((root / "p2.md").read_text().replace("retry 4 times", "retry 9 times"))
     forget_caches()
-    parsed = []
-    original = steering.parse_policy_bytes
-    monkeypatch.setattr(
-        steering,
-        "parse_policy_bytes",
-        lambda raw, path, root=None: parsed.append(path.name) or original(raw, path, root),
-    )
+    parsed = _record_parsed(monkeypatch)
     index, _ = load_index(root)
     assert parsed == ["p2.md"]
     assert "- [p2.loads-2.1] Jobs MUST retry 9 times.\n" in index.lines.all()
@@ -251,13 +251,7 @@ def test_forked_loading_gives_the_same_index(cache_dir, tmp_path, monkeypatch):
     (root / "p9.md").write_text((root / "p9.md").read_text().replace("retry 11 times", "retry 7 times"))
     expected = _library_packs(root)
     forget_caches()
-    parsed = []
-    original = steering.parse_policy_bytes
-    monkeypatch.setattr(
-        steering,
-        "parse_policy_bytes",
-        lambda raw, path, root=None: parsed.append(path.name) or original(raw, path, root),
-    )
+    parsed = _record_parsed(monkeypatch)
     assert _dir_packs(root) == expected
     assert parsed == ["p9.md"]  # the last file: the child's half
 
