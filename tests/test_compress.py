@@ -169,3 +169,23 @@ def test_memory_share_is_protected_when_policies_overflow(policies):
     result = pack(policies, query=QUERIES[0], memories=memories(8, 350), budget=budget)
     mem_tokens = sum(i.tokens for i in result.items if i.origin == "memory" and i.status != "dropped")
     assert mem_tokens >= budget * (1 - POLICY_SHARE) * 0.8
+
+
+def test_terms_are_the_regex_words_of_the_lowercased_text_stemmed():
+    """terms() splits ASCII text with byte operations and other text with the regex: both must give the
+    stemmed [a-z0-9]+ runs of text.lower(), including where lower() makes ASCII letters (Kelvin sign,
+    dotted capital I) and around tabs, newlines, punctuation and digits."""
+    import re
+
+    from agent.compress import STOPWORDS, stem, terms
+
+    def reference(text: str) -> list[str]:
+        words = re.findall(r"[a-z0-9]+", text.lower())
+        return [stem(w) for w in words if len(w) > 1 and w not in STOPWORDS]
+
+    rng = random.Random(7)
+    alphabet = "abcXYZ019 -_.,;:/[]()'\"\t\n\r\x0b\x0c\x00\x7féÉ\u212a\u0130ß日本"
+    texts = ["", "MUST NOT", "Orders.Email MUST be masked", "K\u212aelvin", "\u0130stanbul ids"]
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60))) for _ in range(5000)]
+    for text in texts:
+        assert terms(text) == reference(text), text

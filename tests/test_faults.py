@@ -70,6 +70,9 @@ def test_signal_mid_render_keeps_previous_bundle_and_memory(sig: int, run_cli: C
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell without job control starts background jobs with SIGINT ignored, and Python keeps that:
+        # the run under test gets the default disposition, as from a terminal, whoever started pytest
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     time.sleep(
         6
