@@ -354,7 +354,8 @@ def _postings(
 @dataclass(slots=True)
 class _Facts:
     """What the index needs from one policy, independent of the rest of the corpus: cached on disk per
-    file (by path + sha256 + code version) so a warm run never re-tokenises or re-stems a clause."""
+    file (by path + sha256 + code version: the facts cache below for policy sets, the directory cache's
+    blobs for ``load_index``) so a warm run never re-tokenises or re-stems a clause."""
 
     policy_id: str
     policy_title: str
@@ -465,9 +466,11 @@ def _with_tokens(f: _Facts, encoding: str) -> bool:
     return True
 
 
-# The persistent index cache: {source: _Facts}, one pickle beside the parse cache (same directory, same
-# off switch), named by this module's and the parser's source hash so a new version never reads an old
-# format. Written atomically, only when something changed; an unreadable file is a cold cache.
+# The persistent facts cache of policy sets packed through ``pack`` (the library, the design pipeline):
+# {source: _Facts}, one pickle beside the parse cache (same directory, same off switch), named by this
+# module's and the parser's source hash so a new version never reads an old format. Written atomically,
+# only when something changed; an unreadable file is a cold cache. (``load_index`` keeps its own, in the
+# directory cache.)
 def _facts_file() -> Path | None:
     from agent.steering import cache_file
 
