@@ -382,7 +382,7 @@ class _Facts:
     policy_cost: dict[str, int]  # per encoding
 
 
-def _facts_of(p: Policy) -> _Facts:
+def _facts_of(p: Policy) -> _Facts:  # or the plain namespace of the same fields (steering._PLAIN)
     # terms(f"{a} {b}") == terms(a) + terms(b) (no word crosses a space), so each clause's words are
     # found once and shared by its clause, section and document. A clause's heading and tags are nearly
     # always its neighbours' too: what they add is worked out once per (heading, tags).

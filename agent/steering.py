@@ -12,9 +12,11 @@ import contextlib
 import hashlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -256,13 +258,29 @@ def stat_stamp(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_mtime_ns, st.st_size, st.st_ctime_ns, st.st_ino)
 
 
+class _Models(NamedTuple):
+    """What the parser builds a policy from: the pydantic models, or plain namespaces of the same fields."""
+
+    policy: Callable[..., Any]
+    section: Callable[..., Any]
+    rule: Callable[..., Any]
+
+
+_PYDANTIC = _Models(Policy, PolicySection, PolicyRule)
+# For a caller that reads a parsed policy once and keeps nothing of it (the packing index's loader):
+# pydantic would only re-check values the parser has already typed, ~20 µs a file (48 ms of each of
+# the two loaders' 2,500 files at 5,000).
+_PLAIN = _Models(SimpleNamespace, SimpleNamespace, SimpleNamespace)
+
+
 def _load_policy_file(
     path: Path, root: Path | None, *, disk: bool = True, keep: bool = True
 ) -> tuple[str, tuple[Policy | None, list[LoadProblem]]]:
     """The file's cache identity ("<absolute path>:<sha256>", or "" when unread) and what it yielded.
     ``disk=False``: neither read nor fill the parse cache's disk file, only this process's copy.
     ``keep=False``: nor keep what is parsed in this process, for a caller that keeps its own digest of it
-    (holding 5,000 files' policy models cost the packing index's loader ~20k page faults per 2,500 files)."""
+    (holding 5,000 files' policy models cost the packing index's loader ~20k page faults per 2,500 files);
+    what is parsed then comes as plain namespaces with the models' fields (see _PLAIN)."""
     try:
         st = path.stat()
     except OSError as exc:
@@ -296,7 +314,7 @@ def _load_policy_file(
         if keep:
             _remember(key, (stamp, digest, cached[2], cached[3]), disk)
         return f"{key}:{digest}", _copy(cached)
-    entry = (stamp, digest, *parse_policy_bytes(raw, path, root))
+    entry = (stamp, digest, *parse_policy_bytes(raw, path, root, plain=not keep))
     if keep:
         _remember(key, entry, disk)
     return f"{key}:{digest}", _copy(entry)
@@ -309,8 +327,11 @@ def _copy(entry: _Entry) -> tuple[Policy | None, list[LoadProblem]]:
 
 
 def parse_policy_bytes(
-    raw: bytes, path: Path, root: Path | None = None
+    raw: bytes, path: Path, root: Path | None = None, *, plain: bool = False
 ) -> tuple[Policy | None, list[LoadProblem]]:
+    """The policy in a file's bytes (None when it holds none) and its problems; ``plain``: as namespaces
+    with the models' fields instead of pydantic models (see _PLAIN)."""
+    models = _PLAIN if plain else _PYDANTIC
     if b"\x00" in raw[:8192]:
         return None, [LoadProblem(path=str(path), message="binary file (contains NUL bytes); skipped")]
     try:
@@ -320,10 +341,10 @@ def parse_policy_bytes(
         return None, [LoadProblem(path=str(path), line=line, message="not UTF-8 text; skipped")]
     default_id = slugify(path.stem).replace("_", "-")
     if path.suffix.lower() in (".yaml", ".yml"):
-        return _parse_yaml_policy(text, path, default_id)
+        return _parse_yaml_policy(text, path, default_id, models)
     if path.suffix.lower() in (".md", ".markdown"):
-        return _parse_markdown_policy(text, path, default_id)
-    return _parse_plain_policy(text, path, default_id)
+        return _parse_markdown_policy(text, path, default_id, models)
+    return _parse_plain_policy(text, path, default_id, models)
 
 
 def _front_matter(text: str, path: Path) -> tuple[dict, str, int, list[LoadProblem]]:
@@ -438,7 +459,11 @@ def _split_clauses(lines: list[tuple[int, str]]) -> list[tuple[int, str]]:
 
 
 def _build_sections(
-    pid: str, blocks: list[tuple[str, int, list[tuple[int, str]]]], always: bool, base_tags: list[str]
+    pid: str,
+    blocks: list[tuple[str, int, list[tuple[int, str]]]],
+    always: bool,
+    base_tags: list[str],
+    models: _Models,
 ) -> list[PolicySection]:
     sections: list[PolicySection] = []
     used_slugs: dict[str, int] = {}
@@ -462,7 +487,7 @@ def _build_sections(
             if modality is None:
                 continue
             rules.append(
-                PolicyRule(
+                models.rule(
                     id=f"{pid}.{slug}.{len(rules) + 1}",
                     policy_id=pid,
                     section=title,
@@ -475,11 +500,13 @@ def _build_sections(
             )
         section_text = "\n".join(t for _, t in kept_lines).strip()
         if rules or section_text:
-            sections.append(PolicySection(title=title, line=line, text=section_text, rules=rules))
+            sections.append(models.section(title=title, line=line, text=section_text, rules=rules))
     return sections
 
 
-def _parse_markdown_policy(text: str, path: Path, default_id: str) -> tuple[Policy | None, list[LoadProblem]]:
+def _parse_markdown_policy(
+    text: str, path: Path, default_id: str, models: _Models = _PYDANTIC
+) -> tuple[Policy | None, list[LoadProblem]]:
     meta, body, offset, problems = _front_matter(text, path)
     fields = _meta_fields(meta, path, default_id, problems)
     blocks: list[tuple[str, int, list[tuple[int, str]]]] = []
@@ -496,19 +523,23 @@ def _parse_markdown_policy(text: str, path: Path, default_id: str) -> tuple[Poli
             current.append((i, line))
     if current:
         blocks.append((current_title, current_line, current))
-    sections = _build_sections(fields["id"], blocks, fields["always"], fields["applies_to"])
-    return _finish(fields, path, sections, problems)
+    sections = _build_sections(fields["id"], blocks, fields["always"], fields["applies_to"], models)
+    return _finish(fields, path, sections, problems, models)
 
 
-def _parse_plain_policy(text: str, path: Path, default_id: str) -> tuple[Policy | None, list[LoadProblem]]:
+def _parse_plain_policy(
+    text: str, path: Path, default_id: str, models: _Models = _PYDANTIC
+) -> tuple[Policy | None, list[LoadProblem]]:
     problems: list[LoadProblem] = []
     fields = _meta_fields({}, path, default_id, problems)
     lines = [(i, line) for i, line in enumerate(text.splitlines(), start=1)]
-    sections = _build_sections(fields["id"], [("General", 1, lines)], False, [])
-    return _finish(fields, path, sections, problems)
+    sections = _build_sections(fields["id"], [("General", 1, lines)], False, [], models)
+    return _finish(fields, path, sections, problems, models)
 
 
-def _parse_yaml_policy(text: str, path: Path, default_id: str) -> tuple[Policy | None, list[LoadProblem]]:
+def _parse_yaml_policy(
+    text: str, path: Path, default_id: str, models: _Models = _PYDANTIC
+) -> tuple[Policy | None, list[LoadProblem]]:
     try:
         node = yamlio.compose(text)
         data = yamlio.load(text)
@@ -549,7 +580,7 @@ def _parse_yaml_policy(text: str, path: Path, default_id: str) -> tuple[Policy |
         rid = str(item.get("id") or len(rules) + 1)
         tags = item.get("tags") or []
         rules.append(
-            PolicyRule(
+            models.rule(
                 id=f"{fields['id']}.{rid}",
                 policy_id=fields["id"],
                 section=str(item.get("section") or fields["title"]),
@@ -560,12 +591,12 @@ def _parse_yaml_policy(text: str, path: Path, default_id: str) -> tuple[Policy |
                 always=bool(item.get("always", fields["always"])),
             )
         )
-    sections = [PolicySection(title=fields["title"], line=1, text="", rules=rules)] if rules else []
-    return _finish(fields, path, sections, problems)
+    sections = [models.section(title=fields["title"], line=1, text="", rules=rules)] if rules else []
+    return _finish(fields, path, sections, problems, models)
 
 
 def _finish(
-    fields: dict, path: Path, sections: list[PolicySection], problems: list[LoadProblem]
+    fields: dict, path: Path, sections: list[PolicySection], problems: list[LoadProblem], models: _Models
 ) -> tuple[Policy | None, list[LoadProblem]]:
     if not any(s.rules for s in sections):
         problems.append(
@@ -574,4 +605,4 @@ def _finish(
             )
         )
         return None, problems
-    return Policy(path=str(path), sections=sections, **fields), problems
+    return models.policy(path=str(path), sections=sections, **fields), problems

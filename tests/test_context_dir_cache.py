@@ -59,7 +59,7 @@ def _record_parsed(monkeypatch) -> list[str]:
     monkeypatch.setattr(
         steering,
         "parse_policy_bytes",
-        lambda raw, path, root=None: parsed.append(path.name) or original(raw, path, root),
+        lambda raw, path, root=None, **kw: parsed.append(path.name) or original(raw, path, root, **kw),
     )
     return parsed
 
@@ -276,7 +276,7 @@ last = sorted(root.iterdir())[-1]
 last.write_text(last.read_text().replace("MUST retry", "MUST always retry"))
 parsed = []
 parse = steering.parse_policy_bytes
-steering.parse_policy_bytes = lambda raw, path, root=None: parsed.append(path.name) or parse(raw, path, root)
+steering.parse_policy_bytes = lambda raw, path, root=None, **kw: parsed.append(path.name) or parse(raw, path, root, **kw)
 warm, _ = compress.load_index(root)
 assert warm.lines.all() == [line.replace("MUST retry", "MUST always retry") if last.stem + "." in line else line
                             for line in cold.lines.all()], "facts differ after the edit"

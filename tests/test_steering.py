@@ -74,6 +74,33 @@ def test_all_formats_load(tmp_path):
     assert ret.rules[0].line == 4
 
 
+@pytest.mark.parametrize(
+    "name, body",
+    [("sec.md", MD), ("naming.md", MD_PLAIN), ("ret.yaml", YAML), ("ops.txt", TXT)]
+    + [(p.name, p.read_text()) for p in sorted((Path(__file__).parents[1] / "context").iterdir())],
+)
+def test_plain_parse_has_the_models_fields_and_values(name, body):
+    """The packing index's loader parses into plain namespaces (no pydantic): every field, every value
+    and type the same as the models', all the way down."""
+
+    def fields(obj):
+        if isinstance(obj, list):
+            return [fields(x) for x in obj]
+        if hasattr(obj, "model_dump"):
+            obj = dict(obj)  # the model's fields, one level (nested models stay models)
+        elif hasattr(obj, "__dict__"):
+            obj = vars(obj)
+        else:
+            return (type(obj), obj)
+        return {k: fields(v) for k, v in obj.items()}
+
+    model, problems = steering.parse_policy_bytes(body.encode(), Path(name))
+    plain, plain_problems = steering.parse_policy_bytes(body.encode(), Path(name), plain=True)
+    assert model is not None and type(plain).__name__ == "SimpleNamespace"
+    assert fields(plain) == fields(model)
+    assert plain_problems == problems
+
+
 def test_must_not_stays_with_its_clause(tmp_path):
     ps = load_policies(write(tmp_path / "ctx", {"sec.md": MD}))
     rule = next(r for r in ps.rules if "laptops" in r.text)
