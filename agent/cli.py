@@ -43,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from agent.errors import DataAgentError
 
     previous = _terminate_as_exception()
+    if not isinstance(sys.stdout, _GuardedStdout):
+        sys.stdout = _GuardedStdout(sys.stdout)
     try:
         return int(args.run(args) or 0)
     except DataAgentError as exc:
@@ -55,9 +57,67 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 143
     except BrokenPipeError:
         return 0
+    except OutputLost as exc:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stands in until the process exits
+        return _output_lost(exc, 0)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+class OutputLost(OSError):
+    """Standard output could not be written (a full disk, a device error)."""
+
+
+class _GuardedStdout:
+    """``sys.stdout`` while a command runs: a write error is marked as the output's, so main() reports it
+    in one line and a non-zero exit instead of a traceback (a broken pipe stays a broken pipe)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputLost(exc.errno, exc.strerror) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputLost(exc.errno, exc.strerror) from None
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, buffer, encoding...
+        return getattr(self._stream, name)
+
+
+def _output_lost(exc: OSError, code: int) -> int:
+    """Output that could not be written is an error, never a silent success."""
+    from agent.errors import OutputError
+
+    print(f"data-agent: error: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
+    return code or OutputError.exit_code
+
+
+def _flush_output(code: int) -> int:
+    """Flush what is still buffered (most output is, until here) and say so when it cannot be written."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader went away (`| head`): as main() treats it
+        pass
+    except OSError as exc:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stands in until the process exits
+        code = _output_lost(exc, code)
+    except ValueError:  # closed by the caller
+        pass
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
+    return code
 
 
 def console_main() -> None:
@@ -68,15 +128,17 @@ def console_main() -> None:
     100-150 ms, object by object, and changes nothing outside the process: by then every file is written
     and closed, and the exit handlers (``atexit``) still run here. Where another thread is still running
     the interpreter's own exit is kept, since it waits for that thread."""
-    code = main()
+    try:
+        code = main()
+    except SystemExit as exc:  # argparse's own exits (--help, --version, a usage error) flush like the rest
+        if exc.code is not None and not isinstance(exc.code, int):
+            raise
+        code = exc.code or 0
     threading = sys.modules.get("threading")
     if (threading is not None and threading.active_count() > 1) or not hasattr(atexit, "_run_exitfuncs"):
-        sys.exit(code)
+        sys.exit(_flush_output(code))
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe: what could be written was
-            stream.flush()
-    os._exit(code)
+    os._exit(_flush_output(code))
 
 
 class Terminated(BaseException):

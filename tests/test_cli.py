@@ -409,3 +409,53 @@ def test_error_with_json_prints_one_json_error_object(run_cli: Cli, tmp_path: Pa
 def test_context_rejects_a_tiny_budget(run_cli: Cli) -> None:
     line = assert_clean_failure(run_cli("context", FREE_TEXT, "--budget", "10"))
     assert "--budget" in line
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "unbuffered"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--version",),
+        ("context", "CDC into Snowflake", "--no-memory"),
+        ("context", "x", "--no-memory", "--json"),
+    ],
+)
+def test_output_that_cannot_be_written_is_an_error(
+    run_cli: Cli, args: tuple[str, ...], buffered: bool
+) -> None:
+    """stdout on a full device: one line on stderr and a non-zero exit, not a traceback or a silent 0,
+    whether the write fails mid-command (unbuffered) or only at the final flush (buffered, the usual)."""
+    if args == ("--version",) and not buffered:
+        pytest.skip("argparse itself swallows a failed write of --version/--help to unbuffered stdout")
+    env = {k: v for k, v in run_cli.env.items() if k != "PYTHONUNBUFFERED"}
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "agent", *args],
+            cwd=run_cli.cwd,
+            env=env,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert "data-agent: error: cannot write the output: No space left on device" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_reader_that_goes_away_is_not_an_error(run_cli: Cli) -> None:
+    """`data-agent context ... | head -1`: the pipe closes early; the command ends quietly with 0."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "context", "CDC into Snowflake with PII", "--no-memory"],
+        cwd=run_cli.cwd,
+        env=run_cli.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().startswith(b"# Steering policies")
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and b"Traceback" not in err
