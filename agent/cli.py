@@ -43,8 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from agent.errors import DataAgentError
 
     previous = _terminate_as_exception()
-    if not isinstance(sys.stdout, _GuardedStdout):
-        sys.stdout = _GuardedStdout(sys.stdout)
+    guard = sys.stdout = _GuardedStdout(sys.stdout)
     try:
         return int(args.run(args) or 0)
     except DataAgentError as exc:
@@ -58,9 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     except OutputLost as exc:
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stands in until the process exits
         return _output_lost(exc, 0)
     finally:
+        if sys.stdout is guard:  # still the stream it guarded (not the null device after a lost write)
+            sys.stdout = guard.stream
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
@@ -74,32 +74,33 @@ class _GuardedStdout:
     in one line and a non-zero exit instead of a traceback (a broken pipe stays a broken pipe)."""
 
     def __init__(self, stream: Any) -> None:
-        self._stream = stream
+        self.stream = stream
 
     def write(self, text: str) -> int:
-        try:
-            return self._stream.write(text)
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise OutputLost(exc.errno, exc.strerror) from None
+        return _guarded(self.stream.write, text)
 
     def flush(self) -> None:
-        try:
-            self._stream.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise OutputLost(exc.errno, exc.strerror) from None
+        _guarded(self.stream.flush)
 
     def __getattr__(self, name: str) -> Any:  # isatty, fileno, buffer, encoding...
-        return getattr(self._stream, name)
+        return getattr(self.stream, name)
+
+
+def _guarded(call: Any, *args: Any) -> Any:
+    try:
+        return call(*args)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OutputLost(exc.errno, exc.strerror) from None
 
 
 def _output_lost(exc: OSError, code: int) -> int:
-    """Output that could not be written is an error, never a silent success."""
+    """Output that could not be written is an error, never a silent success. The null device then stands
+    in for stdout until the process exits, so nothing tries the write again."""
     from agent.errors import OutputError
 
+    sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - open until exit
     print(f"data-agent: error: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
     return code or OutputError.exit_code
 
@@ -111,7 +112,6 @@ def _flush_output(code: int) -> int:
     except BrokenPipeError:  # the reader went away (`| head`): as main() treats it
         pass
     except OSError as exc:
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stands in until the process exits
         code = _output_lost(exc, code)
     except ValueError:  # closed by the caller
         pass

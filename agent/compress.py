@@ -49,7 +49,18 @@ import numpy as np
 
 from agent import tokens
 from agent.diskcache import PickleCache, load_mapped, paused_gc, save_mapped
-from agent.models import ContextPack, DesignRequest, LoadProblem, PackItem, Policy, PolicyRule, RecalledMemory
+from agent.models import (
+    API_SOURCES,
+    OLTP_SOURCES,
+    STREAM_SOURCES,
+    ContextPack,
+    DesignRequest,
+    LoadProblem,
+    PackItem,
+    Policy,
+    PolicyRule,
+    RecalledMemory,
+)
 from agent.steering import PolicySet, stat_stamp
 
 DEFAULT_BUDGET = 4000
@@ -293,13 +304,13 @@ def request_features(request: DesignRequest | None) -> set[str]:
     feats = {"all", *request.source_kinds(), *request.target_names(), *request.compliance}
     if any(c.pii for s in request.sources for e in s.entities for c in e.columns) or request.compliance:
         feats |= {"pii", "privacy"}
-    if request.freshness_minutes < 15 or {"kafka", "kinesis", "iot"} & set(request.source_kinds()):
+    if request.freshness_minutes < 15 or STREAM_SOURCES & set(request.source_kinds()):
         feats |= {"streaming", "stream", "realtime"}
     else:
         feats |= {"batch"}
-    if {"postgres", "mysql", "sqlserver", "oracle"} & set(request.source_kinds()):
+    if OLTP_SOURCES & set(request.source_kinds()):
         feats |= {"cdc", "oltp"}
-    if {"rest_api", "saas"} & set(request.source_kinds()):
+    if API_SOURCES & set(request.source_kinds()):
         feats |= {"api", "saas"}
     if any(t.warehouse for t in request.targets):
         feats |= {"warehouse"}
@@ -1309,9 +1320,8 @@ def _load_files(paths: list[Path], root: Path, store: dict, encoding: str) -> li
 
     out: list[_Loaded] = []
     for path in paths:
-        # neither the parse cache's disk file (pickling ~100k policy models cost 0.4 s of a cold run over
-        # 5,000 files) nor its in-process copy: this path keeps each file's facts, in the directory cache
-        source, (policy, found) = _load_policy_file(path, root, disk=False, keep=False)
+        # the parse cache left alone: this path keeps each file's facts, in the directory cache
+        source, (policy, found) = _load_policy_file(path, root, keep=False)
         facts = None
         if policy is not None:
             facts = (store.get(source) if source else None) or _facts_of(policy)
@@ -1341,10 +1351,10 @@ CHILD_SHARE = 0.50
 def _load_files_parallel(
     paths: list[Path], sizes: list[int], root: Path, store: dict, encoding: str
 ) -> tuple[list[_Loaded], list[bytes]]:
-    """What each file yielded, and the same as marshal blobs (see _to_wire) for the directory cache."""
+    """What each file yielded and, when a forked child took part, the same as marshal blobs (see _to_wire)
+    for the directory cache: the child's as it sent them, the parent's made while it waited for them."""
     if len(paths) < PARALLEL_MIN_FILES or not _can_fork():
-        loaded = _load_files(paths, root, store, encoding)
-        return loaded, [_to_wire(loaded)]
+        return _load_files(paths, root, store, encoding), []
     tokens.encoding(encoding)  # built once, before the fork, for both processes
     # split by bytes, not by count: parsing and tokenising cost follows the text
     target, total, half = (1 - CHILD_SHARE) * sum(sizes), 0, 0
@@ -1359,8 +1369,7 @@ def _load_files_parallel(
             spool = stack.enter_context(tempfile.TemporaryFile())
             pid = os.fork()
         except OSError:
-            loaded = _load_files(paths, root, store, encoding)
-            return loaded, [_to_wire(loaded)]
+            return _load_files(paths, root, store, encoding), []
         if pid == 0:  # the child: its half, into the spool; never returns into the caller's code
             code = 1
             try:
@@ -1380,8 +1389,7 @@ def _load_files_parallel(
                 theirs = _from_wire(blob)
                 blobs.append(blob)
     if not isinstance(theirs, list) or len(theirs) != len(paths) - half:
-        theirs = _load_files(paths[half:], root, store, encoding)
-        blobs[1:] = [_to_wire(theirs)]
+        return mine + _load_files(paths[half:], root, store, encoding), []
     return mine + theirs, blobs
 
 
@@ -1462,8 +1470,6 @@ def load_index(context: str | Path | None, encoding: str = tokens.DEFAULT_ENCODI
     for n, got in zip(todo, fresh):
         loaded[n] = got
     done = [x for x in loaded if x is not None]
-    if len(todo) < len(done):  # some came from the cache: the new record of facts covers every file
-        blobs = [_to_wire(done)]
     _LOADED.clear()
     _LOADED.update((source, f) for source, f, _ in done if f is not None)
     problems = list(walk_problems)
@@ -1472,6 +1478,8 @@ def load_index(context: str | Path | None, encoding: str = tokens.DEFAULT_ENCODI
         raise nothing_loaded(root, problems)
     index = _build_index([done[n][1] for n in kept], encoding, ("dir", str(root.absolute()), encoding))
     if where is not None:
+        if not blobs or len(todo) < len(done):  # the cache's record of facts covers every file
+            blobs = [_to_wire(done)]
         records = {
             stamp[0]: (stamp[1:], source, facts is not None, found)
             for stamp, (source, facts, found) in zip(stamps or (), done)

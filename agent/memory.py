@@ -955,10 +955,8 @@ def _starter_embeddings(embedder: HashingEmbedder, memories: Sequence[Memory]) -
         and all(isinstance(v, list) and len(v) == embedder.dimension for v in vectors)
     ):
         vectors = embedder.embed([m.text for m in memories])
-        if path is not None:
-            save_marshal(
-                path, vectors, prefix=".starter-embeddings-"
-            )  # a read-only cache dir costs speed only
+        if path is not None:  # a read-only cache dir costs speed only
+            save_marshal(path, vectors, prefix=".starter-embeddings-")
     _STARTER_VECTORS[key] = vectors
     return vectors
 

@@ -1,10 +1,10 @@
 """The memory store in a forked child process, for a cold ``data-agent design``.
 
-A cold design spends ~0.4 s importing Chroma and opening the store, and about as long importing and warming
-everything else (sqlglot, DuckDB, the Jinja2 templates, the tokenizer). Neither needs the other before the
-recall stage, so on Linux the CLI forks as soon as it has parsed its arguments: the child imports Chroma,
-opens the store and then answers ``recall`` and ``remember_run`` over a pair of pipes, while the parent warms
-the rest on the other CPU (and rehearses the design: agent/commands/design.py).
+A cold design spends ~0.45-0.55 s importing Chroma and opening the store, and about as long importing and
+warming everything else (sqlglot, DuckDB, the Jinja2 templates, the tokenizer). Neither needs the other
+before the recall stage, so on Linux the CLI forks as soon as it has parsed its arguments: the child imports
+Chroma, opens the store and then answers ``recall`` and ``remember_run`` over a pair of pipes, while the
+parent warms the rest on the other CPU (and rehearses the design: agent/commands/design.py).
 The store is used exactly as in one process (the same file lock and generation checks); the parent never
 imports Chroma.
 

@@ -35,11 +35,9 @@ SOURCE_KINDS: tuple[str, ...] = (
     "timescaledb",
 )
 OLTP_SOURCES = frozenset({"postgres", "mysql", "sqlserver", "oracle"})
-NOSQL_SOURCES = frozenset({"mongodb", "cassandra", "dynamodb"})
 STREAM_SOURCES = frozenset({"kafka", "kinesis", "iot"})
 API_SOURCES = frozenset({"rest_api", "saas"})
 FILE_SOURCES = frozenset({"files", "s3"})
-TIMESERIES_SOURCES = frozenset({"influxdb", "timescaledb"})
 
 WAREHOUSES: tuple[str, ...] = ("snowflake", "bigquery", "redshift", "databricks", "postgres", "duckdb")
 LAKES: tuple[str, ...] = ("s3", "adls", "gcs")

@@ -15,7 +15,7 @@ import yaml
 
 from agent import yamlio
 from agent.errors import RequestError
-from agent.models import SOURCE_KINDS, DesignRequest, slugify
+from agent.models import DesignRequest, slugify
 from agent.redact import redact
 
 MAX_REQUEST_BYTES = 2_000_000
@@ -494,7 +494,3 @@ def _pii_candidates(phrase: str) -> set[str]:
 
 def _name_from(goal: str, sources: list[str], targets: list[str]) -> str:
     return slugify(f"{sources[0]}_to_{targets[0] if targets else 'warehouse'}")
-
-
-def known_source_kinds() -> str:
-    return ", ".join(SOURCE_KINDS)

@@ -352,11 +352,12 @@ def request_from_task(task: DelegationTask) -> DesignRequest:
 
     import yaml
 
+    from agent import yamlio
     from agent.request import request_from_text, validate_request
 
     for block in re.findall(r"```(?:ya?ml|json)[ \t]*\r?\n(.*?)```", task.prompt, flags=re.S):
         try:
-            data = yaml.safe_load(block)
+            data = yamlio.load(block)
         except yaml.YAMLError:
             continue
         if isinstance(data, dict) and isinstance(data.get("request"), dict):

@@ -33,3 +33,20 @@ def compose(text: str) -> yaml.Node | None:
         with contextlib.suppress(yaml.YAMLError):
             return yaml.compose(text, Loader=_CSafeLoader)
     return yaml.compose(text, Loader=yaml.SafeLoader)
+
+
+def compose_and_load(text: str) -> tuple[yaml.Node | None, object]:
+    """``compose(text)`` and ``load(text)`` from one parse: the node tree (for line marks) and its values."""
+    if _libyaml_ok(text):
+        with contextlib.suppress(yaml.YAMLError):
+            return _node_and_data(text, _CSafeLoader)
+    return _node_and_data(text, yaml.SafeLoader)
+
+
+def _node_and_data(text: str, loader_class: type) -> tuple[yaml.Node | None, object]:
+    loader = loader_class(text)
+    try:  # what yaml.load does (get_single_data), keeping the node it constructs from
+        node = loader.get_single_node()
+        return node, None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()

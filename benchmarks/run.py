@@ -52,8 +52,16 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
 
 
-def performance(quick: bool) -> list[dict]:
-    proc = _run([sys.executable, "benchmarks/performance/run.py", "--json", *(["--quick"] if quick else [])])
+def performance(quick: bool, record: bool) -> list[dict]:
+    proc = _run(
+        [
+            sys.executable,
+            "benchmarks/performance/run.py",
+            "--json",
+            *(["--quick"] if quick else []),
+            *([] if record else ["--no-results"]),
+        ]
+    )
     if proc.returncode != 0:
         return [_failed("performance", proc)]
     rows = []
@@ -76,10 +84,10 @@ def performance(quick: bool) -> list[dict]:
     return rows
 
 
-def compression(quick: bool) -> list[dict]:
-    # no quick mode; --repeat 1 is its cheapest honest setting, and a quick run writes to a temporary file
+def compression(quick: bool, record: bool) -> list[dict]:
+    # no quick mode; --repeat 1 is its cheapest honest setting
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "compression.json" if quick else RESULTS / "compression.json"
+        out = RESULTS / "compression.json" if record else Path(tmp) / "compression.json"
         repeat = "1" if quick else "3"
         proc = _run(
             [sys.executable, "benchmarks/compression/run.py", "--json", "--repeat", repeat, "--out", str(out)]
@@ -119,9 +127,9 @@ def compression(quick: bool) -> list[dict]:
     return rows
 
 
-def retrieval(quick: bool) -> list[dict]:
+def retrieval(quick: bool, record: bool) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "retrieval.json" if quick else RESULTS / "retrieval.json"
+        out = RESULTS / "retrieval.json" if record else Path(tmp) / "retrieval.json"
         args = ["--quick", "--no-server"] if quick else []
         proc = _run([sys.executable, "benchmarks/retrieval/run.py", "--json", "--out", str(out), *args])
         if proc.returncode != 0:
@@ -194,10 +202,12 @@ def main() -> int:
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         ap.error(f"unknown benchmark(s): {', '.join(unknown)}")
+    # only a full run replaces benchmarks/results/: its files and latest.json always come from one run
+    record = not args.quick and names == list(BENCHMARKS)
     started = time.time()
     rows: list[dict] = []
     for name in names:
-        rows += BENCHMARKS[name](args.quick)
+        rows += BENCHMARKS[name](args.quick, record)
     result = {
         "machine": machine(),
         "quick": args.quick,
@@ -208,7 +218,7 @@ def main() -> int:
     m = result["machine"]
     print(f"machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gb']} GB, Python {m['python']}")
     print(table(rows))
-    if args.quick or names != list(BENCHMARKS):
+    if not record:
         print("\na quick or partial run: benchmarks/results/ is left as the last full run wrote it")
     else:
         RESULTS.mkdir(parents=True, exist_ok=True)

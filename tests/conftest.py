@@ -129,6 +129,20 @@ def leftovers(parent: Path) -> list[str]:
     return [p.name for p in parent.iterdir() if p.name.endswith(".tmp") or ".old-" in p.name]
 
 
+def record_parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the policy files parsed from now on (steering.parse_policy_bytes), in order."""
+    from agent import steering
+
+    parsed: list[str] = []
+    original = steering.parse_policy_bytes
+    monkeypatch.setattr(
+        steering,
+        "parse_policy_bytes",
+        lambda raw, path, root=None, **kw: parsed.append(path.name) or original(raw, path, root, **kw),
+    )
+    return parsed
+
+
 def assert_clean_failure(proc: subprocess.CompletedProcess, *, out: Path | None = None) -> str:
     """A failed command: non-zero exit, one ``data-agent: error:`` line on stderr and no traceback, and
     (given ``out``) no bundle and nothing half-written beside it. Returns the error line."""

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from agent import compress, steering
+from agent import compress
 from agent.compress import load_index, pack, pack_index
 from agent.request import request_from_text
 from agent.steering import load_policies
-from tests.conftest import forget_caches
+from tests.conftest import forget_caches, record_parsed
 
 REQUESTS = [
     "Postgres CDC into Snowflake hourly with PII",
@@ -50,18 +50,6 @@ def _library_packs(root: Path, encoding: str = "cl100k_base") -> list[dict]:
         for budget in (60, 120, 4000):
             out.append(pack(ps, request_from_text(text), budget=budget, encoding=encoding).model_dump())
     return out + [{"problems": [str(p) for p in ps.problems]}]
-
-
-def _record_parsed(monkeypatch) -> list[str]:
-    """The names of the files parsed from now on, in order."""
-    parsed: list[str] = []
-    original = steering.parse_policy_bytes
-    monkeypatch.setattr(
-        steering,
-        "parse_policy_bytes",
-        lambda raw, path, root=None, **kw: parsed.append(path.name) or original(raw, path, root, **kw),
-    )
-    return parsed
 
 
 @pytest.mark.parametrize("encoding", ["cl100k_base", "o200k_base"])
@@ -147,12 +135,12 @@ def test_damaged_facts_in_the_directory_cache_mean_those_files_are_read_again(
     (root / "p2.md").write_text((root / "p2.md").read_text().replace("retry 4 times", "retry 8 times"))
     expected = _library_packs(root)
     forget_caches()
-    parsed = _record_parsed(monkeypatch)
+    parsed = record_parsed(monkeypatch)
     assert _dir_packs(root) == expected
     assert sorted(parsed) == [f"p{i}.md" for i in range(6)]  # no facts to trust: every file again
 
 
-def test_wide_postings_index_like_narrow_ones(tmp_path, monkeypatch):
+def test_wide_postings_index_like_narrow_ones(cache_dir, tmp_path, monkeypatch):
     """A file with 65,536 or more distinct terms (or words in its document) keeps its postings in 32-bit
     arrays: forced here for every file, then for the larger files only (a mixed corpus), the index is the
     same, array for array."""
@@ -179,15 +167,12 @@ def test_wide_postings_index_like_narrow_ones(tmp_path, monkeypatch):
                 assert np.array_equal(getattr(a, part), getattr(b, part)), (level, part)
         assert np.array_equal(narrow.specificity_term, other.specificity_term)
         assert narrow.vocab == other.vocab
-    forget_caches()
 
 
-def test_cache_off_still_packs(tmp_path, monkeypatch):
+def test_cache_off_still_packs(cache_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("DATA_AGENT_CACHE_DIR", "off")
-    forget_caches()
     root = _ctx(tmp_path / "ctx")
     assert _dir_packs(root) == _library_packs(root)
-    forget_caches()
 
 
 def test_json_lists_kept_items_and_near_misses(run_cli, tmp_path):
@@ -218,7 +203,7 @@ def test_an_edit_reparses_only_the_edited_file(cache_dir, tmp_path, monkeypatch)
     load_index(root)
     (root / "p2.md").write_text((root / "p2.md").read_text().replace("retry 4 times", "retry 9 times"))
     forget_caches()
-    parsed = _record_parsed(monkeypatch)
+    parsed = record_parsed(monkeypatch)
     index, _ = load_index(root)
     assert parsed == ["p2.md"]
     assert "- [p2.loads-2.1] Jobs MUST retry 9 times.\n" in index.lines.all()
@@ -251,7 +236,7 @@ def test_forked_loading_gives_the_same_index(cache_dir, tmp_path, monkeypatch):
     (root / "p9.md").write_text((root / "p9.md").read_text().replace("retry 11 times", "retry 7 times"))
     expected = _library_packs(root)
     forget_caches()
-    parsed = _record_parsed(monkeypatch)
+    parsed = record_parsed(monkeypatch)
     assert _dir_packs(root) == expected
     assert parsed == ["p9.md"]  # the last file: the child's half
 

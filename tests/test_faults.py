@@ -265,21 +265,30 @@ def test_user_templates_render_in_the_sandbox(payload: str, tmp_path: Path) -> N
     assert not (tmp_path / "out").exists()
 
 
+def _user_template(tmp_path: Path, text: str) -> Path:
+    """A --templates folder overriding bundle/README.md.j2 with ``text``."""
+    folder = tmp_path / "t" / "bundle"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "README.md.j2").write_text(text)
+    return tmp_path / "t"
+
+
 @pytest.mark.parametrize("name", ["environ", "env", "os", "getenv"])
-def test_environment_is_not_reachable_from_templates(tmp_path: Path, monkeypatch, name: str) -> None:
+def test_environment_is_not_reachable_from_templates(tmp_path: Path, name: str) -> None:
     """No template name leads to the process environment: a user template asking for it fails to render
-    (StrictUndefined), and nothing of a secret in the environment reaches a bundle."""
-    from agent.errors import RenderError
+    (StrictUndefined)."""
+    from agent.runtime import DataEngineerAgent
+
+    agent = DataEngineerAgent(use_memory=False, templates=_user_template(tmp_path, f"{{{{ {name} }}}}\n"))
+    with pytest.raises(RenderError, match="undefined"):
+        agent.design(EXAMPLE)
+
+
+def test_a_secret_in_the_environment_reaches_no_bundle(tmp_path: Path, monkeypatch) -> None:
     from agent.runtime import DataEngineerAgent
 
     monkeypatch.setenv("DATA_AGENT_TEST_SECRET", "do-not-render")
-    folder = tmp_path / "t" / "bundle"
-    folder.mkdir(parents=True)
-    (folder / "README.md.j2").write_text(f"{{{{ {name} }}}}\n")
-    agent = DataEngineerAgent(use_memory=False, templates=tmp_path / "t")
-    with pytest.raises(RenderError, match="undefined"):
-        agent.design(EXAMPLE)
-    (folder / "README.md.j2").write_text("{{ design.name }}\n")
-    result = agent.design(EXAMPLE)
-    assert result.files["README.md"].strip() == result.design.name
+    templates = _user_template(tmp_path, "{{ design.name }}\n")
+    result = DataEngineerAgent(use_memory=False, templates=templates).design(EXAMPLE)
+    assert result.files["README.md"].strip() == result.design.name  # the user template was used
     assert all("do-not-render" not in text for text in result.files.values())

@@ -9,10 +9,8 @@ import pytest
 from agent.cli import main
 from agent.lint import lint_policies
 
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(cache_dir):
-    """A private cache dir, and nothing of the caches held in memory (conftest's cache_dir)."""
+# a private cache dir, and nothing of the caches held in memory (conftest's cache_dir)
+pytestmark = pytest.mark.usefixtures("cache_dir")
 
 
 def planted(tmp_path):

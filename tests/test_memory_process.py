@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import EXAMPLES, bundle_files, one_json_object
+from tests.conftest import EXAMPLES, assert_clean_failure, bundle_files, one_json_object
 
 REQUEST = EXAMPLES / "orders_cdc_snowflake.yaml"
 
@@ -105,7 +106,7 @@ def test_a_rehearsal_writes_nothing_and_stops_at_the_stage_the_answer_arrives(
     monkeypatch.chdir(cwd)
     config = AgentConfig(memory_dir=tmp_path / "mem")
 
-    def answered_after(n: int) -> tuple[list[int], object]:
+    def answered_after(n: int) -> tuple[list[int], Callable[[], bool]]:
         calls: list[int] = []
 
         def answered() -> bool:
@@ -115,14 +116,14 @@ def test_a_rehearsal_writes_nothing_and_stops_at_the_stage_the_answer_arrives(
         return calls, answered
 
     calls, never = answered_after(10**6)
-    _rehearse(config, str(REQUEST), never)  # type: ignore[arg-type]
+    _rehearse(config, str(REQUEST), never)
     whole = len(calls)  # asked once before starting, then after every stage
     assert whole >= 8
     calls, soon = answered_after(3)
-    _rehearse(config, str(REQUEST), soon)  # type: ignore[arg-type]
+    _rehearse(config, str(REQUEST), soon)
     assert len(calls) == 4  # stopped at the third stage boundary, without raising
     calls, claude = answered_after(10**6)
-    _rehearse(AgentConfig(memory_dir=tmp_path / "mem", planner="claude"), str(REQUEST), claude)  # type: ignore[arg-type]
+    _rehearse(AgentConfig(memory_dir=tmp_path / "mem", planner="claude"), str(REQUEST), claude)
     assert calls == []  # never with a planner that would call the API
     assert list(cwd.iterdir()) == [] and not (tmp_path / "mem").exists()
 
@@ -140,4 +141,4 @@ def test_everything_printed_arrives_before_the_fast_exit(run_cli, tmp_path: Path
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     assert sorted(r["id"] for r in records) == sorted(m.id for m in starter_memories())
     missing = run_cli("memory", "show", "no-such-id", "--memory-dir", mem)
-    assert missing.returncode not in (0, 1) and "no-such-id" in missing.stderr
+    assert missing.returncode == 3 and "no-such-id" in assert_clean_failure(missing)  # MemoryStoreError

@@ -81,7 +81,15 @@ def test_a_batch_is_remembered_in_chunks_in_request_order(
             {"index": i, "request": str(request), "ok": result.ok, "result": pickle.dumps(result)}
         )
     agent.memory().close()
+    sessions: list[int] = []
+    remember = DataEngineerAgent.remember
+    monkeypatch.setattr(
+        DataEngineerAgent,
+        "remember",
+        lambda self, results: sessions.append(len(results)) or remember(self, results),
+    )
     design_command._remember_batch(config, outcomes, as_json=True)
+    assert sessions == [2, 2, 1]
     parts = [json.loads(o["json"]) for o in outcomes]
     assert [p["request"] for p in parts] == [str(r) for r in REQUESTS + REQUESTS[1:]]
     remembered = [p["report"]["remembered"] for p in parts]

@@ -10,7 +10,7 @@ import pytest
 from agent import steering
 from agent.errors import PolicyError
 from agent.steering import load_policies
-from tests.conftest import forget_caches
+from tests.conftest import forget_caches, record_parsed
 
 MD = """---
 id: sec
@@ -51,9 +51,8 @@ def write(root: Path, files: dict[str, str | bytes]) -> Path:
     return root
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(cache_dir):
-    """A private cache dir, and nothing of the caches held in memory (conftest's cache_dir)."""
+# a private cache dir, and nothing of the caches held in memory (conftest's cache_dir)
+pytestmark = pytest.mark.usefixtures("cache_dir")
 
 
 def test_all_formats_load(tmp_path):
@@ -178,24 +177,19 @@ def test_packaged_context_loads():
     assert len({r.id for r in ps.rules}) == len(ps.rules)
 
 
-def test_persistent_cache_survives_a_new_process_and_sees_edits(tmp_path):
+def test_persistent_cache_survives_a_new_process_and_sees_edits(tmp_path, monkeypatch):
     root = write(tmp_path / "ctx", {f"p{i}.md": MD_PLAIN.replace("Naming", f"Naming {i}") for i in range(20)})
     first = load_policies(root)
     forget_caches()  # as if a new process started: only the disk cache remains
-    calls = []
-    original = steering.parse_policy_bytes
-    steering.parse_policy_bytes = lambda *a, **k: calls.append(a[1]) or original(*a, **k)
-    try:
-        second = load_policies(root)
-        assert calls == []
-        assert [p.model_dump() for p in first.policies] == [p.model_dump() for p in second.policies]
-        (root / "p3.md").write_text(MD_PLAIN.replace("snake_case", "lower snake_case"))
-        forget_caches()
-        third = load_policies(root)
-        assert [Path(c).name for c in calls] == ["p3.md"]
-        assert any("lower snake_case" in r.text for r in third.rules)
-    finally:
-        steering.parse_policy_bytes = original
+    parsed = record_parsed(monkeypatch)
+    second = load_policies(root)
+    assert parsed == []
+    assert [p.model_dump() for p in first.policies] == [p.model_dump() for p in second.policies]
+    (root / "p3.md").write_text(MD_PLAIN.replace("snake_case", "lower snake_case"))
+    forget_caches()
+    third = load_policies(root)
+    assert parsed == ["p3.md"]
+    assert any("lower snake_case" in r.text for r in third.rules)
 
 
 def test_corrupt_cache_file_is_ignored(tmp_path, monkeypatch):
@@ -206,3 +200,44 @@ def test_corrupt_cache_file_is_ignored(tmp_path, monkeypatch):
             f.write_bytes(b"garbage")
     forget_caches()
     assert load_policies(root).policy("a") is not None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        YAML,
+        "- 1\n- 2\n",
+        "a: &x 1\nb: *x\n",
+        "when: 2024-01-01\nflag: yes\n",
+        "rules: [unclosed\n",
+        "a: \x07bell\n",  # refused by PyYAML's reader: the pure-Python loader words the error
+        "x: !!python/object:os.system ls\n",
+    ],
+)
+def test_yaml_policies_are_parsed_once_for_values_and_lines(text):
+    """yamlio.compose_and_load: what yaml.compose and yaml.safe_load give (node lines, values, errors)."""
+    import yaml
+
+    from agent import yamlio
+
+    def outcome(fn):
+        try:
+            return fn()
+        except yaml.YAMLError as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    def tree(node):  # tag, line and value of every node: what steering reads rule lines from
+        if node is None:
+            return None
+        value = node.value
+        if isinstance(value, list):
+            value = [tree(v) if isinstance(v, yaml.Node) else (tree(v[0]), tree(v[1])) for v in value]
+        return (node.tag, node.start_mark.line, value)
+
+    got = outcome(lambda: yamlio.compose_and_load(text))
+    want = outcome(lambda: (yaml.compose(text, Loader=yaml.SafeLoader), yaml.safe_load(text)))
+    if isinstance(want, str):
+        assert got == want
+    else:
+        assert (tree(got[0]), got[1]) == (tree(want[0]), want[1])

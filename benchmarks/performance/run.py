@@ -242,7 +242,7 @@ def bench_big_context(files: int, runs: int = 3) -> list[dict]:
             }
 
         cold = statistics.median(wall(cmd, env=env_for(n)) for n in range(runs))
-        warm = statistics.median(wall(cmd, env=env_for(0)) for _ in range(runs))
+        warm = median_of(runs, lambda: wall(cmd, env=env_for(0)))
 
         def new_directory(n: int) -> float:  # a machine that has run the tool before: only this index is new
             wall([*cli(), "context", "warm the tokenizer cache", "--no-memory"], env=env_for(runs + n))
@@ -277,6 +277,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer repetitions, smaller inputs")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--no-results", action="store_true", help="leave benchmarks/results/ alone")
     args = ap.parse_args()
     runs = 3 if args.quick else 5
     wall([*cli(), "--help"])  # writes the bytecode of the modules --help imports (the others on first use)
@@ -292,9 +293,8 @@ def main() -> int:
         *([] if args.quick else [bench_batch(300, jobs)]),
         *bench_big_context(1000 if args.quick else 5000),
     ]
-    if (
-        not args.quick
-    ):  # a quick run never replaces the committed results (benchmarks/run.py names the machine)
+    # a quick run never replaces the committed results (benchmarks/run.py names the machine)
+    if not args.quick and not args.no_results:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
     if args.json:
