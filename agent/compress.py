@@ -34,11 +34,12 @@ import math
 import os
 import pickle
 import re
+import signal
 import tempfile
 import threading
 from array import array
 from collections import Counter, _count_elements  # type: ignore[attr-defined]  # Counter's C helper
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from itertools import chain
@@ -274,6 +275,8 @@ _ASCII_WORDS = bytes(
     c + 32 if 65 <= c <= 90 else c if c in _ALNUM else 32  # A-Z -> a-z; a-z, 0-9 kept
     for c in range(256)
 )
+# the same, with newlines kept: many texts joined by newlines are translated in one call (terms_each)
+_ASCII_WORDS_BY_LINE = _ASCII_WORDS[:10] + b"\n" + _ASCII_WORDS[11:]
 
 
 # word -> its stem, or "" for a word that is not a term (one letter, a stopword): filled as words are met,
@@ -281,20 +284,38 @@ _ASCII_WORDS = bytes(
 _TERM_OF: dict[str, str] = {}
 
 
+def _term_table(words: Iterable[str]) -> dict[str, str]:
+    """_TERM_OF, with an entry for each of ``words``."""
+    table = _TERM_OF
+    distinct = set(words)
+    new = distinct.difference(table)
+    if new:
+        if len(table) > 1_000_000:  # bounded: a corpus of random strings must not grow it forever
+            table.clear()
+            new = distinct
+        for w in new:
+            table[w] = stem(w) if len(w) > 1 and w not in STOPWORDS else ""
+    return table
+
+
 def terms(text: str) -> list[str]:
     if text.isascii():
         words = text.encode().translate(_ASCII_WORDS).decode().split()
     else:
         words = _WORD.findall(text.lower())
-    table = _TERM_OF
-    new = set(words).difference(table)
-    if new:
-        if len(table) > 1_000_000:  # bounded: a corpus of random strings must not grow it forever
-            table.clear()
-            new = set(words)
-        for w in new:
-            table[w] = stem(w) if len(w) > 1 and w not in STOPWORDS else ""
-    return list(filter(None, map(table.__getitem__, words)))
+    return list(filter(None, map(_term_table(words).__getitem__, words)))
+
+
+def terms_each(texts: list[str]) -> list[list[str]]:
+    """``[terms(t) for t in texts]``, for many short texts (a file's clauses): ASCII texts without
+    newlines are translated in one call, joined by newlines, and their words looked up in one table
+    check (a third of the time of a call per text)."""
+    joined = "\n".join(texts)
+    if not joined.isascii() or joined.count("\n") != len(texts) - 1:
+        return [terms(t) for t in texts]
+    words = [line.split() for line in joined.encode().translate(_ASCII_WORDS_BY_LINE).decode().split("\n")]
+    get = _term_table(chain.from_iterable(words)).__getitem__
+    return [list(filter(None, map(get, w))) for w in words]
 
 
 def request_features(request: DesignRequest | None) -> set[str]:
@@ -398,7 +419,7 @@ def _facts_of(p: Policy) -> _Facts:  # or the plain namespace of the same fields
     # found once and shared by its clause, section and document. A clause's heading and tags are nearly
     # always its neighbours' too: what they add is worked out once per (heading, tags).
     rules: list[PolicyRule] = [r for sec in p.sections for r in sec.rules]
-    text_terms = [terms(r.text) for r in rules]
+    text_terms = terms_each([r.text for r in rules])
     tags = [tuple(r.tags) for r in rules]
     extras: dict[tuple[str, tuple[str, ...]], tuple[list[str], tuple[str, ...]]] = {}
     suffixes: list[list[str]] = []
@@ -730,11 +751,15 @@ def _index(policies: PolicySet, encoding: str) -> _Index:
 
 
 def _build_index(facts: list[_Facts], encoding: str, key: tuple) -> _Index:
+    return _set_token_costs(_build_index_of_terms(facts, key), facts, encoding)
+
+
+def _build_index_of_terms(facts: list[_Facts], key: tuple) -> _Index:
+    """The index without its token costs (see _set_token_costs): all of it but what the facts' token counts
+    give, so a forked loader may still be counting them while this is built."""
     section_of: list[int] = []  # per clause, numbered within its file, then offset below
     head_of: list[int] = []
     heads: list[str] = []
-    head_cost: list[int] = []
-    line_tokens: list[int] = []
     subjects: list[tuple[str, ...]] = []
     tag_keys: list[tuple[tuple[str, ...], tuple[str, ...]]] = []
     ids: list[str] = []
@@ -747,9 +772,7 @@ def _build_index(facts: list[_Facts], encoding: str, key: tuple) -> _Index:
         always.extend(f.always)
         modalities.extend(f.modalities)
         section_of.extend(f.section_of)
-        line_tokens.extend(f.line_tokens[encoding])
         head_of.extend(f.head_of)
-        head_cost.extend(map(f.section_cost[encoding].__getitem__, f.heads))
         heads.extend(f.heads)
         subjects.extend(f.subjects)
         tag_keys.extend(zip(f.tags, f.tag_stems))
@@ -789,9 +812,9 @@ def _build_index(facts: list[_Facts], encoding: str, key: tuple) -> _Index:
         lines=_Lines(lines),
         policy_ids=_Lines([f.policy_id for f in facts]),
         policy_titles=_Lines([f.policy_title for f in facts]),
-        policy_cost=np.array([f.policy_cost[encoding] for f in facts], dtype=np.int64),
+        policy_cost=_NO_COSTS,
         heads=_Lines(heads),
-        head_cost=np.array(head_cost, dtype=np.int64),
+        head_cost=_NO_COSTS,
         head_of=(np.array(head_of, dtype=np.int64) + file_offsets(map(len, (f.heads for f in facts)))).astype(
             np.int32
         ),
@@ -799,8 +822,8 @@ def _build_index(facts: list[_Facts], encoding: str, key: tuple) -> _Index:
         section_of=(np.array(section_of, dtype=np.int64) + file_offsets(f.n_sections for f in facts)).astype(
             np.int32
         ),
-        line_tokens=np.array(line_tokens, dtype=np.int64),
-        tokens_total=sum(line_tokens),
+        line_tokens=_NO_COSTS,
+        tokens_total=0,
         always=np.array(always, dtype=bool),
         modality_term=np.fromiter(
             map(weight_of.__getitem__, modalities), dtype=np.float64, count=len(modalities)
@@ -816,6 +839,26 @@ def _build_index(facts: list[_Facts], encoding: str, key: tuple) -> _Index:
         section_bm25=_level(section_flat, len(vocab)),
         policy_bm25=_level(policy_flat, len(vocab)),
     )
+
+
+_NO_COSTS = np.zeros(0, dtype=np.int64)
+
+
+def _set_token_costs(index: _Index, facts: list[_Facts], encoding: str) -> _Index:
+    """Fill in what every clause line, heading and policy header costs in ``encoding``."""
+    lines = np.fromiter(
+        chain.from_iterable(f.line_tokens[encoding] for f in facts), dtype=np.int64, count=len(index.lines)
+    )
+    index.line_tokens, index.tokens_total = lines, int(lines.sum())
+    index.head_cost = np.fromiter(
+        chain.from_iterable(map(f.section_cost[encoding].__getitem__, f.heads) for f in facts),
+        dtype=np.int64,
+        count=len(index.heads),
+    )
+    index.policy_cost = np.fromiter(
+        (f.policy_cost[encoding] for f in facts), dtype=np.int64, count=len(facts)
+    )
+    return index
 
 
 def expand_query(text: str) -> dict[str, float]:
@@ -1315,7 +1358,10 @@ def _stamps(names: list[str]) -> tuple | None:
 _Loaded = tuple[str, "_Facts | None", list]
 
 
-def _load_files(paths: list[Path], root: Path, store: dict, encoding: str) -> list[_Loaded]:
+def _load_files(
+    paths: list[Path], root: Path, store: dict, encoding: str, *, count: bool = True
+) -> list[_Loaded]:
+    """What each file yields; with ``count``, its facts carry their token counts in ``encoding``."""
     from agent.steering import _load_policy_file
 
     out: list[_Loaded] = []
@@ -1325,13 +1371,14 @@ def _load_files(paths: list[Path], root: Path, store: dict, encoding: str) -> li
         facts = None
         if policy is not None:
             facts = (store.get(source) if source else None) or _facts_of(policy)
-            _with_tokens(facts, encoding)
+            if count:
+                _with_tokens(facts, encoding)
         out.append((source, facts, found))
     return out
 
 
 # Parsing, stemming and tokenising files is CPU work with no shared state: past this many files to load,
-# a forked child takes half of them (measured on 2 vCPUs shared with other work: loading 5,000 files for
+# a forked child takes part of them (measured on 2 vCPUs shared with other work: loading 5,000 files for
 # the index 3.35 -> 2.3 s when the second CPU is free, ~10% when it is busy; a failed child is redone here).
 PARALLEL_MIN_FILES = 400
 
@@ -1342,55 +1389,105 @@ def _can_fork() -> bool:
     return hasattr(os, "fork") and threading.active_count() == 1 and (os.cpu_count() or 1) >= 2
 
 
-# The child's share of the bytes to load. Both halves end as marshal blobs (the child's for the parent,
-# the parent's for the directory cache); the child also pays copy-on-write faults. 0.47, 0.50 and 0.52
-# measured alike (within this machine's noise) after the directory cache took in the facts.
-CHILD_SHARE = 0.50
+# The child's share of the bytes to load. The child sends its files' facts before it counts their tokens,
+# and counts them while the parent builds the index from the facts (the costs go in last: see
+# _build_index_of_terms), so the one-CPU stretch after loading shrinks by the index build. The parent
+# counts its own share's tokens as it loads them, so the child takes the larger share.
+CHILD_SHARE = 0.58
+
+
+class _Loading:
+    """Files being loaded, maybe in part by a forked child. ``loaded`` is what each file yielded; call
+    ``finish`` before reading its facts' token counts (the child may still be counting those of its share):
+    it returns the facts and the token counts as marshal blobs (_to_wire, _tokens_to_wire) for the
+    directory cache, or no blobs when none were made along the way."""
+
+    def __init__(self, loaded: list[_Loaded], finish: Callable[[], tuple[list[bytes], list[bytes]]]) -> None:
+        self.loaded, self.finish = loaded, finish
+
+
+def _no_blobs() -> tuple[list[bytes], list[bytes]]:
+    return [], []
 
 
 def _load_files_parallel(
-    paths: list[Path], sizes: list[int], root: Path, store: dict, encoding: str
-) -> tuple[list[_Loaded], list[bytes]]:
-    """What each file yielded and, when a forked child took part, the same as marshal blobs (see _to_wire)
-    for the directory cache: the child's as it sent them, the parent's made while it waited for them."""
+    paths: list[Path], sizes: list[int], root: Path, store: dict, encoding: str, *, blobs: bool
+) -> _Loading:
+    """The files loaded, by a forked child and this process together when they are many; ``blobs``: make
+    the marshal blobs the directory cache keeps (the child's are made anyway: they are its transport)."""
     if len(paths) < PARALLEL_MIN_FILES or not _can_fork():
-        return _load_files(paths, root, store, encoding), []
+        return _Loading(_load_files(paths, root, store, encoding), _no_blobs)
     tokens.encoding(encoding)  # built once, before the fork, for both processes
     # split by bytes, not by count: parsing and tokenising cost follows the text
     target, total, half = (1 - CHILD_SHARE) * sum(sizes), 0, 0
     while half < len(paths) - 1 and total < target:
         total += sizes[half]
         half += 1
-    # the child's results go through an unnamed temporary file, not a pipe: the child writes them the moment
-    # it is done and exits, and the parent reads them in one call when it is done (26 MB through a 64 KB
-    # pipe cost ~30 ms more, in hand-offs between the two)
-    with contextlib.ExitStack() as stack:
+    # The child's results go through unnamed temporary files, not a pipe: the child writes each the moment
+    # it is ready, and the parent reads it in one call when it wants it (26 MB through a 64 KB pipe cost
+    # ~30 ms more, in hand-offs between the two). A pipe only says that the facts are ready: one byte, or
+    # end of file when the child died first.
+    held = contextlib.ExitStack()  # the spools and the pipe's reading end, until finish() is done
+    try:
+        facts_spool = held.enter_context(tempfile.TemporaryFile())  # noqa: SIM115 - held closes it
+        tokens_spool = held.enter_context(tempfile.TemporaryFile())  # noqa: SIM115 - held closes it
+        ready, say_ready = os.pipe()
+        held.callback(os.close, ready)
+        pid = os.fork()
+    except OSError:
+        held.close()
+        return _Loading(_load_files(paths, root, store, encoding), _no_blobs)
+    if pid == 0:  # the child: its share, into the spools; never returns into the caller's code
+        code = 1
         try:
-            spool = stack.enter_context(tempfile.TemporaryFile())
-            pid = os.fork()
-        except OSError:
-            return _load_files(paths, root, store, encoding), []
-        if pid == 0:  # the child: its half, into the spool; never returns into the caller's code
-            code = 1
-            try:
-                spool.write(_to_wire(_load_files(paths[half:], root, store, encoding)))
-                spool.flush()
-                code = 0
-            finally:
-                os._exit(code)
+            theirs = _load_files(paths[half:], root, store, encoding, count=False)
+            facts_spool.write(_to_wire(theirs))
+            facts_spool.flush()
+            os.write(say_ready, b"F")
+            for _, f, _ in theirs:
+                if f is not None:
+                    _with_tokens(f, encoding)
+            tokens_spool.write(_tokens_to_wire(theirs))
+            tokens_spool.flush()
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(say_ready)  # so that reading ``ready`` ends when the child exits without a word
+    try:
         mine = _load_files(paths[:half], root, store, encoding)
-        blobs = [_to_wire(mine)]
-        _, status = os.waitpid(pid, 0)
-        theirs = None
-        if status == 0:
-            with contextlib.suppress(Exception):  # a child that died half-way is a half done here instead
-                spool.seek(0)
-                blob = spool.read()
-                theirs = _from_wire(blob)
-                blobs.append(blob)
-    if not isinstance(theirs, list) or len(theirs) != len(paths) - half:
-        return mine + _load_files(paths[half:], root, store, encoding), []
-    return mine + theirs, blobs
+        theirs: list[_Loaded] | None = None
+        facts_blob = b""
+        with contextlib.suppress(Exception):  # a child that died half-way is a share done here instead
+            if os.read(ready, 1) == b"F":
+                facts_spool.seek(0)
+                facts_blob = facts_spool.read()
+                theirs = _from_wire(facts_blob)
+        if theirs is None or len(theirs) != len(paths) - half:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            held.close()
+            return _Loading(mine + _load_files(paths[half:], root, store, encoding), _no_blobs)
+    except BaseException:
+        held.close()
+        raise
+
+    def finish() -> tuple[list[bytes], list[bytes]]:
+        with held:
+            own = [_to_wire(mine)] if blobs else []  # made while the child may still be counting
+            _, status = os.waitpid(pid, 0)
+            counts = b""
+            with contextlib.suppress(Exception):
+                if status == 0:
+                    tokens_spool.seek(0)
+                    counts = tokens_spool.read()
+                    _apply_tokens({source: f for source, f, _ in theirs if f is not None}, counts)
+        for _, f, _ in theirs:  # what the child did not count (it died, or a record did not fit)
+            if f is not None:
+                _with_tokens(f, encoding)
+        return (own + [facts_blob], [counts] if counts else []) if blobs else ([], [])
+
+    return _Loading(mine + theirs, finish)
 
 
 _FACT_FIELDS = tuple(f.name for f in fields(_Facts))
@@ -1423,6 +1520,28 @@ def _from_wire(data: bytes | memoryview) -> list[_Loaded]:
     ]
 
 
+def _tokens_to_wire(loaded: list[_Loaded]) -> bytes:
+    """The token counts of loaded files' facts, by source key, as marshal: a forked loader sends them after
+    the facts themselves, and the directory cache keeps them beside facts that were sent without."""
+    return marshal.dumps(
+        [(source, f.line_tokens, f.section_cost, f.policy_cost) for source, f, _ in loaded if f is not None]
+    )
+
+
+def _apply_tokens(facts: dict[str, _Facts], data: bytes | memoryview) -> None:
+    """Token counts from _tokens_to_wire into the facts of the same source keys. A count for a file whose
+    clauses it does not match (a damaged record) is left out, to be counted again."""
+    for source, line_tokens, section_cost, policy_cost in marshal.loads(data):
+        f = facts.get(source)
+        if f is None:
+            continue
+        for encoding, counts in line_tokens.items():
+            if len(counts) == len(f.lines) and set(section_cost[encoding]) == set(f.heads):
+                f.line_tokens[encoding] = counts
+                f.section_cost[encoding] = section_cost[encoding]
+                f.policy_cost[encoding] = policy_cost[encoding]
+
+
 # The facts of the files load_index last read, by source key, kept in this process: a process that packs
 # the directory again after an edit (the MCP server) finds them without decoding the cache's blobs, and a
 # CLI run that exits right after does not spend ~35 ms freeing 5,000 files' facts on the way out.
@@ -1452,6 +1571,9 @@ def load_index(context: str | Path | None, encoding: str = tokens.DEFAULT_ENCODI
         with contextlib.suppress(Exception):  # damaged: the files whose facts are missing are read again
             for blob in cached["facts"]:
                 store.update((src, f) for src, f, _ in _from_wire(memoryview(blob)) if f is not None)
+        with contextlib.suppress(Exception):  # damaged: the files whose counts are missing count again
+            for blob in cached.get("tokens", ()):
+                _apply_tokens(store, memoryview(blob))
     loaded: list[_Loaded | None] = [None] * len(names)
     todo: list[int] = []
     for n, stamp in enumerate(stamps or ()):
@@ -1466,20 +1588,32 @@ def load_index(context: str | Path | None, encoding: str = tokens.DEFAULT_ENCODI
     if stamps is None:
         todo = list(range(len(names)))
     sizes = [stamps[n][2] if stamps else 1 for n in todo]
-    fresh, blobs = _load_files_parallel([Path(names[n]) for n in todo], sizes, root, store, encoding)
-    for n, got in zip(todo, fresh):
+    loading = _load_files_parallel(
+        [Path(names[n]) for n in todo],
+        sizes,
+        root,
+        store,
+        encoding,
+        blobs=where is not None and len(todo) == len(names),
+    )
+    for n, got in zip(todo, loading.loaded):
         loaded[n] = got
     done = [x for x in loaded if x is not None]
     _LOADED.clear()
     _LOADED.update((source, f) for source, f, _ in done if f is not None)
     problems = list(walk_problems)
-    kept = keep_unique(names, [(f.policy_id if f else None, found) for _, f, found in done], problems)
-    if not kept:
-        raise nothing_loaded(root, problems)
-    index = _build_index([done[n][1] for n in kept], encoding, ("dir", str(root.absolute()), encoding))
+    try:
+        kept = keep_unique(names, [(f.policy_id if f else None, found) for _, f, found in done], problems)
+        if not kept:
+            raise nothing_loaded(root, problems)
+        indexed = [done[n][1] for n in kept]
+        index = _build_index_of_terms(indexed, ("dir", str(root.absolute()), encoding))
+    finally:
+        blobs, token_blobs = loading.finish()
+    _set_token_costs(index, indexed, encoding)
     if where is not None:
-        if not blobs or len(todo) < len(done):  # the cache's record of facts covers every file
-            blobs = [_to_wire(done)]
+        if not blobs:  # the cache's record of facts covers every file
+            blobs, token_blobs = [_to_wire(done)], []
         records = {
             stamp[0]: (stamp[1:], source, facts is not None, found)
             for stamp, (source, facts, found) in zip(stamps or (), done)
@@ -1493,6 +1627,7 @@ def load_index(context: str | Path | None, encoding: str = tokens.DEFAULT_ENCODI
                 "files": pickle.dumps(records, pickle.HIGHEST_PROTOCOL),
                 # as arrays, so they are stored out of band: a warm run maps them and never reads them
                 "facts": [np.frombuffer(blob, dtype=np.uint8) for blob in blobs],
+                "tokens": [np.frombuffer(blob, dtype=np.uint8) for blob in token_blobs],
             },
             prefix=".pack-dir-",
         )

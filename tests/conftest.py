@@ -143,6 +143,19 @@ def record_parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return parsed
 
 
+def record_counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The first text of each batch of texts whose tokens are counted from now on (tokens.count_many): for
+    a policy file's facts, its first clause line."""
+    from agent import tokens
+
+    counted: list[str] = []
+    original = tokens.count_many
+    monkeypatch.setattr(
+        tokens, "count_many", lambda texts, *a, **kw: counted.extend(texts[:1]) or original(texts, *a, **kw)
+    )
+    return counted
+
+
 def assert_clean_failure(proc: subprocess.CompletedProcess, *, out: Path | None = None) -> str:
     """A failed command: non-zero exit, one ``data-agent: error:`` line on stderr and no traceback, and
     (given ``out``) no bundle and nothing half-written beside it. Returns the error line."""

@@ -15,7 +15,7 @@ from agent import compress
 from agent.compress import load_index, pack, pack_index
 from agent.request import request_from_text
 from agent.steering import load_policies
-from tests.conftest import forget_caches, record_parsed
+from tests.conftest import forget_caches, record_counted, record_parsed
 
 REQUESTS = [
     "Postgres CDC into Snowflake hourly with PII",
@@ -237,8 +237,72 @@ def test_forked_loading_gives_the_same_index(cache_dir, tmp_path, monkeypatch):
     expected = _library_packs(root)
     forget_caches()
     parsed = record_parsed(monkeypatch)
+    counted = record_counted(monkeypatch)
     assert _dir_packs(root) == expected
     assert parsed == ["p9.md"]  # the last file: the child's half
+    # the token counts the child sent after its facts are in the cache too: only the edited file is counted
+    assert counted == ["- [p9.loads-9.1] Jobs MUST retry 7 times.\n"]
+
+
+@pytest.mark.parametrize("failure", ["dies", "counts that do not fit", "not marshal"])
+def test_a_child_that_fails_after_sending_its_facts_leaves_the_counting_to_the_parent(
+    cache_dir, tmp_path, monkeypatch, failure
+):
+    """The child sends its facts first and their token counts later: when the counts never come, or come
+    damaged, the parent counts them itself, and the index is the same."""
+    import marshal
+
+    root = _ctx(tmp_path / "ctx", 12)
+    expected = _library_packs(root)
+    monkeypatch.setattr(compress, "PARALLEL_MIN_FILES", 2)
+    parent = os.getpid()
+    original = compress._tokens_to_wire
+
+    def failing(loaded):
+        if os.getpid() == parent:
+            return original(loaded)
+        if failure == "dies":
+            raise RuntimeError("child crashed")
+        if failure == "not marshal":
+            return b"\xffnot marshal"
+        wrong = [
+            (src, {e: n[:-1] for e, n in lt.items()}, sc, pc)
+            for src, lt, sc, pc in marshal.loads(original(loaded))
+        ]
+        return marshal.dumps(wrong)
+
+    monkeypatch.setattr(compress, "_tokens_to_wire", failing)
+    forget_caches()
+    counted = record_counted(monkeypatch)
+    assert _dir_packs(root) == expected
+    # the parent counted its own share and then the child's: every file once
+    assert sorted(line.split(".")[0] for line in counted) == sorted(f"- [p{i}" for i in range(12))
+
+
+def test_damaged_token_counts_in_the_directory_cache_are_counted_again(cache_dir, tmp_path, monkeypatch):
+    import numpy as np
+
+    from agent.diskcache import load_mapped, save_mapped
+
+    root = _ctx(tmp_path / "ctx", 12)
+    monkeypatch.setattr(compress, "PARALLEL_MIN_FILES", 2)
+    _dir_packs(root)
+    (path,) = cache_dir.glob("pack-dir-*.map")
+    data = load_mapped(path)
+    assert len(data["tokens"]) == 1  # the child's counts, sent after its facts
+    data["tokens"] = [np.frombuffer(b"\xffnot marshal", dtype=np.uint8)]
+    save_mapped(path, data, prefix=".t-")
+    (root / "p2.md").write_text((root / "p2.md").read_text().replace("retry 4 times", "retry 8 times"))
+    expected = _library_packs(root)
+    forget_caches()
+    parsed = record_parsed(monkeypatch)
+    counted = record_counted(monkeypatch)
+    assert _dir_packs(root) == expected
+    assert parsed == ["p2.md"]  # the facts were fine
+    # the edited file, and the child's share whose counts were lost
+    assert "- [p2.loads-2.1] Jobs MUST retry 8 times.\n" in counted
+    assert "- [p9.loads-9.1] Jobs MUST retry 11 times.\n" in counted  # the last file: the child's
+    assert "- [p0.loads-0.1] Jobs MUST retry 2 times.\n" not in counted
 
 
 FORKED_CHILDREN_SCRIPT = """
