@@ -44,7 +44,7 @@ from dataclasses import dataclass, fields
 from functools import lru_cache
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -1333,8 +1333,9 @@ def _render_rules(index: _Index, kept: list[int], ranked: np.ndarray, header: st
 # were when it was written. A warm run is then a directory scan (one stat per file) and one file read;
 # ctime and inode change on any write, rename or chmod even when mtime and size are restored, so a stale
 # index is never served. The file also holds every file's facts (the loaders' marshal blobs, as written,
-# out of band): after an edit only the changed files are read and parsed, the others' facts come from
-# there, found through the source key the directory cache recorded.
+# out of band, with the token counts a forked loader sent after its facts): after an edit only the
+# changed files are read and parsed, the others' facts come from there, found through the source key the
+# directory cache recorded.
 def _dir_index_file(root: Path, encoding: str) -> Path | None:
     facts = _facts_file()
     if facts is None:
@@ -1396,14 +1397,14 @@ def _can_fork() -> bool:
 CHILD_SHARE = 0.58
 
 
-class _Loading:
-    """Files being loaded, maybe in part by a forked child. ``loaded`` is what each file yielded; call
-    ``finish`` before reading its facts' token counts (the child may still be counting those of its share):
-    it returns the facts and the token counts as marshal blobs (_to_wire, _tokens_to_wire) for the
-    directory cache, or no blobs when none were made along the way."""
+class _Loading(NamedTuple):
+    """Files being loaded, maybe in part by a forked child: what each file yielded, and ``finish``, to call
+    once before reading their facts' token counts (the child may still be counting its share's). It
+    returns the facts and the token counts as marshal blobs (_to_wire, _tokens_to_wire) for the directory
+    cache, or no blobs when none were made along the way."""
 
-    def __init__(self, loaded: list[_Loaded], finish: Callable[[], tuple[list[bytes], list[bytes]]]) -> None:
-        self.loaded, self.finish = loaded, finish
+    loaded: list[_Loaded]
+    finish: Callable[[], tuple[list[bytes], list[bytes]]]
 
 
 def _no_blobs() -> tuple[list[bytes], list[bytes]]:
@@ -1477,11 +1478,13 @@ def _load_files_parallel(
             own = [_to_wire(mine)] if blobs else []  # made while the child may still be counting
             _, status = os.waitpid(pid, 0)
             counts = b""
-            with contextlib.suppress(Exception):
+            try:
                 if status == 0:
                     tokens_spool.seek(0)
                     counts = tokens_spool.read()
                     _apply_tokens({source: f for source, f, _ in theirs if f is not None}, counts)
+            except Exception:  # noqa: BLE001 - counted below instead, and not kept in the cache
+                counts = b""
         for _, f, _ in theirs:  # what the child did not count (it died, or a record did not fit)
             if f is not None:
                 _with_tokens(f, encoding)
