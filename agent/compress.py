@@ -1420,10 +1420,10 @@ def _load_files_parallel(
         return _Loading(_load_files(paths, root, store, encoding), _no_blobs)
     tokens.encoding(encoding)  # built once, before the fork, for both processes
     # split by bytes, not by count: parsing and tokenising cost follows the text
-    target, total, half = (1 - CHILD_SHARE) * sum(sizes), 0, 0
-    while half < len(paths) - 1 and total < target:
-        total += sizes[half]
-        half += 1
+    target, total, cut = (1 - CHILD_SHARE) * sum(sizes), 0, 0
+    while cut < len(paths) - 1 and total < target:
+        total += sizes[cut]
+        cut += 1
     # The child's results go through unnamed temporary files, not a pipe: the child writes each the moment
     # it is ready, and the parent reads it in one call when it wants it (26 MB through a 64 KB pipe cost
     # ~30 ms more, in hand-offs between the two). A pipe only says that the facts are ready: one byte, or
@@ -1441,7 +1441,7 @@ def _load_files_parallel(
     if pid == 0:  # the child: its share, into the spools; never returns into the caller's code
         code = 1
         try:
-            theirs = _load_files(paths[half:], root, store, encoding, count=False)
+            theirs = _load_files(paths[cut:], root, store, encoding, count=False)
             facts_spool.write(_to_wire(theirs))
             facts_spool.flush()
             os.write(say_ready, b"F")
@@ -1455,7 +1455,7 @@ def _load_files_parallel(
             os._exit(code)
     os.close(say_ready)  # so that reading ``ready`` ends when the child exits without a word
     try:
-        mine = _load_files(paths[:half], root, store, encoding)
+        mine = _load_files(paths[:cut], root, store, encoding)
         theirs: list[_Loaded] | None = None
         facts_blob = b""
         with contextlib.suppress(Exception):  # a child that died half-way is a share done here instead
@@ -1463,12 +1463,12 @@ def _load_files_parallel(
                 facts_spool.seek(0)
                 facts_blob = facts_spool.read()
                 theirs = _from_wire(facts_blob)
-        if theirs is None or len(theirs) != len(paths) - half:
+        if theirs is None or len(theirs) != len(paths) - cut:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             held.close()
-            return _Loading(mine + _load_files(paths[half:], root, store, encoding), _no_blobs)
+            return _Loading(mine + _load_files(paths[cut:], root, store, encoding), _no_blobs)
     except BaseException:
         held.close()
         raise

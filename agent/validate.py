@@ -240,7 +240,7 @@ def _check_duckdb(files: Mapping[str, str], design: Design) -> ArtifactCheck:
 
 # Connections inherited through fork(): never used, closed or freed in the child. DuckDB's worker threads do
 # not survive a fork, and destroying the parent's connection there crashed the child (SIGSEGV), which made
-# every forked loader fall back to doing its half in the parent.
+# every forked loader fall back to doing its share in the parent.
 _INHERITED: list[Any] = []
 
 

@@ -189,3 +189,18 @@ def test_terms_are_the_regex_words_of_the_lowercased_text_stemmed():
     texts += ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 60))) for _ in range(5000)]
     for text in texts:
         assert terms(text) == reference(text), text
+
+
+def test_terms_each_is_terms_of_each_text():
+    """terms_each() translates many texts in one call, joined by newlines: a text with its own newline,
+    or any non-ASCII character, must not shift or merge another text's words."""
+    from agent.compress import terms, terms_each
+
+    rng = random.Random(11)
+    alphabet = "abcXYZ019 -_.,;:/[]()\t\n\r\x00é\u212a日"
+    for n in range(400):
+        texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(n % 9)]
+        if n % 3 == 0:  # mostly ASCII without newlines: the one-call path
+            texts = [t.replace("\n", " ").encode("ascii", "ignore").decode() for t in texts]
+        assert terms_each(texts) == [terms(t) for t in texts], texts
+    assert terms_each([]) == [] and terms_each([""]) == [[]] and terms_each(["", ""]) == [[], []]
