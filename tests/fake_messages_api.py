@@ -12,8 +12,10 @@ to the last ``cache_control`` block) reports ``cache_creation_input_tokens``; la
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -74,6 +76,9 @@ class FakeMessagesAPI:
         self.count_tokens: Callable[[dict[str, Any]], int] = lambda body: len(json.dumps(body)) // 4
         self._prefixes: set[str] = set()
         self._lock = threading.Lock()
+        # each open connection and the thread serving it: the SDK keeps connections alive, and a thread
+        # left waiting on one would outlive the test (a later test that forks needs a one-thread process)
+        self._open: dict[threading.Thread, socket.socket] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -90,6 +95,12 @@ class FakeMessagesAPI:
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+        with self._lock:
+            still_open = list(self._open.items())
+        for thread, connection in still_open:
+            with contextlib.suppress(OSError):  # already closed by the client
+                connection.shutdown(socket.SHUT_RDWR)
+            thread.join(timeout=10)
 
     def add(self, *replies: Reply) -> None:
         self.script.extend(replies)
@@ -148,6 +159,16 @@ class FakeMessagesAPI:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                with api._lock:
+                    api._open[threading.current_thread()] = self.connection
+
+            def finish(self) -> None:
+                with api._lock:
+                    api._open.pop(threading.current_thread(), None)
+                super().finish()
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 length = int(self.headers.get("content-length") or 0)

@@ -43,6 +43,15 @@ def _dir_packs(root: Path, encoding: str = "cl100k_base") -> list[dict]:
     return out + [{"problems": [str(p) for p in problems]}]
 
 
+def _fork_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Load with a forked child from two files on; the test fails, naming the threads, where this process
+    could not fork (a thread left behind by an earlier test), rather than pass without a child."""
+    import threading
+
+    assert compress._can_fork(), f"threads alive: {threading.enumerate()}"
+    monkeypatch.setattr(compress, "PARALLEL_MIN_FILES", 2)
+
+
 def _library_packs(root: Path, encoding: str = "cl100k_base") -> list[dict]:
     ps = load_policies(root)
     out = []
@@ -228,7 +237,7 @@ def test_forked_loading_gives_the_same_index(cache_dir, tmp_path, monkeypatch):
     (root / "broken.yaml").write_text("rules: [unclosed\n")  # a load problem in each half
     (root / "zz-broken.yaml").write_text("rules: [unclosed\n")
     expected = _library_packs(root)
-    monkeypatch.setattr(compress, "PARALLEL_MIN_FILES", 2)
+    _fork_on(monkeypatch)
     forget_caches()
     assert _dir_packs(root) == expected
     # the directory cache holds both halves' facts (the forked child's blob as it sent it): after an edit,
@@ -254,7 +263,7 @@ def test_a_child_that_fails_after_sending_its_facts_leaves_the_counting_to_the_p
 
     root = _ctx(tmp_path / "ctx", 12)
     expected = _library_packs(root)
-    monkeypatch.setattr(compress, "PARALLEL_MIN_FILES", 2)
+    _fork_on(monkeypatch)
     parent = os.getpid()
     original = compress._tokens_to_wire
 
@@ -285,7 +294,7 @@ def test_damaged_token_counts_in_the_directory_cache_are_counted_again(cache_dir
     from agent.diskcache import load_mapped, save_mapped
 
     root = _ctx(tmp_path / "ctx", 12)
-    monkeypatch.setattr(compress, "PARALLEL_MIN_FILES", 2)
+    _fork_on(monkeypatch)
     _dir_packs(root)
     (path,) = cache_dir.glob("pack-dir-*.map")
     data = load_mapped(path)
@@ -353,7 +362,7 @@ def test_forked_children_finish_their_work_in_a_process_holding_duckdb(tmp_path)
 def test_a_failed_child_is_done_by_the_parent(cache_dir, tmp_path, monkeypatch):
     root = _ctx(tmp_path / "ctx", 12)
     expected = _library_packs(root)
-    monkeypatch.setattr(compress, "PARALLEL_MIN_FILES", 2)
+    _fork_on(monkeypatch)
     parent = os.getpid()
     original = compress._load_files
 
