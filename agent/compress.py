@@ -1380,7 +1380,8 @@ def _load_files(
 
 # Parsing, stemming and tokenising files is CPU work with no shared state: past this many files to load,
 # a forked child takes part of them (measured on 2 vCPUs shared with other work: loading 5,000 files for
-# the index 3.35 -> 2.3 s when the second CPU is free, ~10% when it is busy; a failed child is redone here).
+# the index 3.35 -> 2.3 s when the second CPU is free, ~10% when it is busy). A child that fails is made up
+# for here: its share loaded, or only its counts counted, by this process.
 PARALLEL_MIN_FILES = 400
 
 
@@ -1411,6 +1412,14 @@ def _no_blobs() -> tuple[list[bytes], list[bytes]]:
     return [], []
 
 
+def _stop(pid: int) -> None:
+    """End a forked loader whose work is no longer wanted, and reap it."""
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        os.waitpid(pid, 0)
+
+
 def _load_files_parallel(
     paths: list[Path], sizes: list[int], root: Path, store: dict, encoding: str, *, blobs: bool
 ) -> _Loading:
@@ -1434,7 +1443,11 @@ def _load_files_parallel(
         tokens_spool = held.enter_context(tempfile.TemporaryFile())  # noqa: SIM115 - held closes it
         ready, say_ready = os.pipe()
         held.callback(os.close, ready)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(say_ready)
+            raise
     except OSError:
         held.close()
         return _Loading(_load_files(paths, root, store, encoding), _no_blobs)
@@ -1464,31 +1477,32 @@ def _load_files_parallel(
                 facts_blob = facts_spool.read()
                 theirs = _from_wire(facts_blob)
         if theirs is None or len(theirs) != len(paths) - cut:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            _stop(pid)
             held.close()
             return _Loading(mine + _load_files(paths[cut:], root, store, encoding), _no_blobs)
-    except BaseException:
+    except BaseException:  # interrupted: no child left running, or unreaped
+        _stop(pid)
         held.close()
         raise
+    got: list[_Loaded] = theirs
 
     def finish() -> tuple[list[bytes], list[bytes]]:
         with held:
             own = [_to_wire(mine)] if blobs else []  # made while the child may still be counting
             _, status = os.waitpid(pid, 0)
             counts = b""
-            try:
+            with contextlib.suppress(Exception):  # what does not arrive is counted below
                 if status == 0:
                     tokens_spool.seek(0)
                     counts = tokens_spool.read()
-                    _apply_tokens({source: f for source, f, _ in theirs if f is not None}, counts)
-            except Exception:  # noqa: BLE001 - counted below instead, and not kept in the cache
-                counts = b""
-        for _, f, _ in theirs:  # what the child did not count (it died, or a record did not fit)
-            if f is not None:
-                _with_tokens(f, encoding)
-        return (own + [facts_blob], [counts] if counts else []) if blobs else ([], [])
+                    _apply_tokens({source: f for source, f, _ in got if f is not None}, counts)
+        missing = [f for _, f, _ in got if f is not None and encoding not in f.line_tokens]
+        for f in missing:  # the child died, or a record of its counts did not fit its file
+            _with_tokens(f, encoding)
+        if not blobs:
+            return [], []
+        # the cache keeps the counts the index is built with: the child's as sent, or all of them again
+        return own + [facts_blob], [counts if counts and not missing else _tokens_to_wire(got)]
 
     return _Loading(mine + theirs, finish)
 
@@ -1532,17 +1546,27 @@ def _tokens_to_wire(loaded: list[_Loaded]) -> bytes:
 
 
 def _apply_tokens(facts: dict[str, _Facts], data: bytes | memoryview) -> None:
-    """Token counts from _tokens_to_wire into the facts of the same source keys. A count for a file whose
-    clauses it does not match (a damaged record) is left out, to be counted again."""
+    """Token counts from _tokens_to_wire into the facts of the same source keys. A record that does not
+    fit its file (a damaged one: counts of another length, other headings, a missing part) is left out
+    whole, to be counted again."""
     for source, line_tokens, section_cost, policy_cost in marshal.loads(data):
         f = facts.get(source)
         if f is None:
             continue
         for encoding, counts in line_tokens.items():
-            if len(counts) == len(f.lines) and set(section_cost[encoding]) == set(f.heads):
-                f.line_tokens[encoding] = counts
-                f.section_cost[encoding] = section_cost[encoding]
-                f.policy_cost[encoding] = policy_cost[encoding]
+            heads, header = section_cost.get(encoding), policy_cost.get(encoding)
+            if (
+                isinstance(counts, list)
+                and len(counts) == len(f.lines)
+                and isinstance(heads, dict)
+                and set(heads) == set(f.heads)
+                and isinstance(header, int)
+            ):
+                f.line_tokens[encoding], f.section_cost[encoding], f.policy_cost[encoding] = (
+                    counts,
+                    heads,
+                    header,
+                )
 
 
 # The facts of the files load_index last read, by source key, kept in this process: a process that packs

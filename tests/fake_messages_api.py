@@ -76,11 +76,11 @@ class FakeMessagesAPI:
         self.count_tokens: Callable[[dict[str, Any]], int] = lambda body: len(json.dumps(body)) // 4
         self._prefixes: set[str] = set()
         self._lock = threading.Lock()
-        # each open connection and the thread serving it: the SDK keeps connections alive, and a thread
+        # each open connection, by the thread serving it: the SDK keeps connections alive, and a thread
         # left waiting on one would outlive the test (a later test that forks needs a one-thread process)
         self._open: dict[threading.Thread, socket.socket] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
+        self._server.daemon_threads = False  # tracked, so that server_close() joins every handler thread
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -94,13 +94,13 @@ class FakeMessagesAPI:
 
     def stop(self) -> None:
         self._server.shutdown()
-        self._server.server_close()
+        self._thread.join()
         with self._lock:
-            still_open = list(self._open.items())
-        for thread, connection in still_open:
+            still_open = list(self._open.values())
+        for connection in still_open:
             with contextlib.suppress(OSError):  # already closed by the client
                 connection.shutdown(socket.SHUT_RDWR)
-            thread.join(timeout=10)
+        self._server.server_close()  # joins the handler threads (one not yet serving times out)
 
     def add(self, *replies: Reply) -> None:
         self.script.extend(replies)
@@ -159,6 +159,7 @@ class FakeMessagesAPI:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = 10  # a connection left idle this long is closed: no thread waits on it for ever
 
             def setup(self) -> None:
                 super().setup()

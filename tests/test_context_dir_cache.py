@@ -43,13 +43,38 @@ def _dir_packs(root: Path, encoding: str = "cl100k_base") -> list[dict]:
     return out + [{"problems": [str(p) for p in problems]}]
 
 
-def _fork_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Load with a forked child from two files on; the test fails, naming the threads, where this process
-    could not fork (a thread left behind by an earlier test), rather than pass without a child."""
+def _fork_on(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Load with a forked child from two files on; returns the children forked from now on. The test
+    fails, naming the threads, where a thread left behind by an earlier test keeps this process from
+    forking, rather than pass without a child."""
     import threading
 
-    assert compress._can_fork(), f"threads alive: {threading.enumerate()}"
+    if not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
+        pytest.skip("the loader forks only on a POSIX machine with two CPUs or more")
+    assert threading.active_count() == 1, f"threads alive: {threading.enumerate()}"
     monkeypatch.setattr(compress, "PARALLEL_MIN_FILES", 2)
+    forked: list[int] = []
+    fork = os.fork
+
+    def recording_fork() -> int:
+        pid = fork()
+        if pid:
+            forked.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", recording_fork)
+    return forked
+
+
+def _reaped(pids: list[int]) -> bool:
+    """Every one of ``pids`` has exited and been waited for (none left running, or a zombie)."""
+    for pid in pids:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            continue
+        return False
+    return True
 
 
 def _library_packs(root: Path, encoding: str = "cl100k_base") -> list[dict]:
@@ -234,21 +259,23 @@ def test_duplicate_ids_and_problems_are_reported_as_the_loader_does(cache_dir, t
 
 def test_forked_loading_gives_the_same_index(cache_dir, tmp_path, monkeypatch):
     root = _ctx(tmp_path / "ctx", 12)
-    (root / "broken.yaml").write_text("rules: [unclosed\n")  # a load problem in each half
+    (root / "broken.yaml").write_text("rules: [unclosed\n")  # a load problem in each share
     (root / "zz-broken.yaml").write_text("rules: [unclosed\n")
     expected = _library_packs(root)
-    _fork_on(monkeypatch)
+    forked = _fork_on(monkeypatch)
     forget_caches()
     assert _dir_packs(root) == expected
-    # the directory cache holds both halves' facts (the forked child's blob as it sent it): after an edit,
-    # only the edited file is parsed again, and the pack is still the library's
+    assert len(forked) == 1 and _reaped(forked)
+    # the directory cache holds every file's facts (the parent's, and the child's blob as it sent it) and
+    # the child's counts: after an edit, only the edited file is parsed again, and the pack is still the
+    # library's
     (root / "p9.md").write_text((root / "p9.md").read_text().replace("retry 11 times", "retry 7 times"))
     expected = _library_packs(root)
     forget_caches()
     parsed = record_parsed(monkeypatch)
     counted = record_counted(monkeypatch)
     assert _dir_packs(root) == expected
-    assert parsed == ["p9.md"]  # the last file: the child's half
+    assert parsed == ["p9.md"]  # the last file: the child's share
     # the token counts the child sent after its facts are in the cache too: only the edited file is counted
     assert counted == ["- [p9.loads-9.1] Jobs MUST retry 7 times.\n"]
 
@@ -263,7 +290,7 @@ def test_a_child_that_fails_after_sending_its_facts_leaves_the_counting_to_the_p
 
     root = _ctx(tmp_path / "ctx", 12)
     expected = _library_packs(root)
-    _fork_on(monkeypatch)
+    forked = _fork_on(monkeypatch)
     parent = os.getpid()
     original = compress._tokens_to_wire
 
@@ -282,10 +309,65 @@ def test_a_child_that_fails_after_sending_its_facts_leaves_the_counting_to_the_p
 
     monkeypatch.setattr(compress, "_tokens_to_wire", failing)
     forget_caches()
+    parsed = record_parsed(monkeypatch)
     counted = record_counted(monkeypatch)
     assert _dir_packs(root) == expected
-    # the parent counted its own share and then the child's: every file once
+    assert _reaped(forked)
+    # the child's facts arrived: the parent parsed only its own share (the child's ends with p9)...
+    assert "p9.md" not in parsed and len(parsed) == len(set(parsed)) < 12
+    # ...and counted its own share and then the child's: every file once
     assert sorted(line.split(".")[0] for line in counted) == sorted(f"- [p{i}" for i in range(12))
+    # what the cache keeps are the counts the index was built with: an edit counts only the edited file
+    (root / "p2.md").write_text((root / "p2.md").read_text().replace("retry 4 times", "retry 8 times"))
+    expected = _library_packs(root)
+    forget_caches()
+    counted.clear()
+    assert _dir_packs(root) == expected
+    assert counted == ["- [p2.loads-2.1] Jobs MUST retry 8 times.\n"]
+
+
+def test_a_child_whose_facts_do_not_arrive_whole_has_its_share_loaded_by_the_parent(
+    cache_dir, tmp_path, monkeypatch
+):
+    root = _ctx(tmp_path / "ctx", 12)
+    expected = _library_packs(root)
+    forked = _fork_on(monkeypatch)
+    parent = os.getpid()
+    original = compress._to_wire
+    monkeypatch.setattr(
+        compress, "_to_wire", lambda loaded: original(loaded) if os.getpid() == parent else b"\xffdamaged"
+    )
+    forget_caches()
+    parsed = record_parsed(monkeypatch)
+    assert _dir_packs(root) == expected
+    assert sorted(parsed) == sorted(f"p{i}.md" for i in range(12))  # the child's share too, here
+    assert len(forked) == 1 and _reaped(forked)  # stopped and waited for, though it had signalled
+
+
+def test_a_forked_reload_of_several_edited_files_keeps_every_count(cache_dir, tmp_path, monkeypatch):
+    """Reloading a few edited files forks too (past PARALLEL_MIN_FILES); the cache written then must hold
+    every file's facts with its counts, so the next edit is one file parsed and counted."""
+    root = _ctx(tmp_path / "ctx", 12)
+    forked = _fork_on(monkeypatch)
+    _dir_packs(root)
+    for i in (3, 5, 9):
+        (root / f"p{i}.md").write_text(
+            (root / f"p{i}.md").read_text().replace("MUST retry", "MUST always retry")
+        )
+    expected = _library_packs(root)
+    forget_caches()
+    parsed = record_parsed(monkeypatch)
+    assert _dir_packs(root) == expected
+    assert len(forked) == 2 and _reaped(forked)
+    # only edited files were parsed, the child's share of them in the child
+    assert set(parsed) < {"p3.md", "p5.md", "p9.md"} and parsed
+    (root / "p0.md").write_text((root / "p0.md").read_text().replace("retry 2 times", "retry 6 times"))
+    expected = _library_packs(root)
+    forget_caches()
+    parsed.clear()
+    counted = record_counted(monkeypatch)
+    assert _dir_packs(root) == expected
+    assert parsed == ["p0.md"] and counted == ["- [p0.loads-0.1] Jobs MUST retry 6 times.\n"]
 
 
 def test_damaged_token_counts_in_the_directory_cache_are_counted_again(cache_dir, tmp_path, monkeypatch):
@@ -329,7 +411,7 @@ def recording_waitpid(pid, options):
 os.waitpid = recording_waitpid
 root = Path(sys.argv[1])
 cold, _ = compress.load_index(root)
-# an edit in the child's half: the others' facts come from the directory cache (both halves' blobs)
+# an edit in the child's share: the others' facts come from the directory cache (both processes' blobs)
 last = sorted(root.iterdir())[-1]
 last.write_text(last.read_text().replace("MUST retry", "MUST always retry"))
 parsed = []
