@@ -1408,6 +1408,11 @@ class _Loading(NamedTuple):
     finish: Callable[[], tuple[list[bytes], list[bytes]]]
 
 
+def _count_tokens(loaded: list[_Loaded], encoding: str) -> bool:
+    """Fill the token counts of the loaded files' facts that lack them; True when any was counted."""
+    return any([_with_tokens(f, encoding) for _, f, _ in loaded if f is not None])  # a list: all counted
+
+
 def _no_blobs() -> tuple[list[bytes], list[bytes]]:
     return [], []
 
@@ -1458,9 +1463,7 @@ def _load_files_parallel(
             facts_spool.write(_to_wire(theirs))
             facts_spool.flush()
             os.write(say_ready, b"F")
-            for _, f, _ in theirs:
-                if f is not None:
-                    _with_tokens(f, encoding)
+            _count_tokens(theirs, encoding)
             tokens_spool.write(_tokens_to_wire(theirs))
             tokens_spool.flush()
             code = 0
@@ -1496,13 +1499,12 @@ def _load_files_parallel(
                     tokens_spool.seek(0)
                     counts = tokens_spool.read()
                     _apply_tokens({source: f for source, f, _ in got if f is not None}, counts)
-        missing = [f for _, f, _ in got if f is not None and encoding not in f.line_tokens]
-        for f in missing:  # the child died, or a record of its counts did not fit its file
-            _with_tokens(f, encoding)
+        # what the child did not count: it died, or a record of its counts did not fit its file
+        counted_here = _count_tokens(got, encoding)
         if not blobs:
             return [], []
         # the cache keeps the counts the index is built with: the child's as sent, or all of them again
-        return own + [facts_blob], [counts if counts and not missing else _tokens_to_wire(got)]
+        return own + [facts_blob], [counts if counts and not counted_here else _tokens_to_wire(got)]
 
     return _Loading(mine + theirs, finish)
 
@@ -1623,13 +1625,13 @@ def load_index(context: str | Path | None, encoding: str = tokens.DEFAULT_ENCODI
         encoding,
         blobs=where is not None and len(todo) == len(names),
     )
-    for n, got in zip(todo, loading.loaded):
-        loaded[n] = got
-    done = [x for x in loaded if x is not None]
-    _LOADED.clear()
-    _LOADED.update((source, f) for source, f, _ in done if f is not None)
-    problems = list(walk_problems)
-    try:
+    try:  # from here on, whatever happens, a forked child still counting is waited for (finish)
+        for n, got in zip(todo, loading.loaded):
+            loaded[n] = got
+        done = [x for x in loaded if x is not None]
+        _LOADED.clear()
+        _LOADED.update((source, f) for source, f, _ in done if f is not None)
+        problems = list(walk_problems)
         kept = keep_unique(names, [(f.policy_id if f else None, found) for _, f, found in done], problems)
         if not kept:
             raise nothing_loaded(root, problems)

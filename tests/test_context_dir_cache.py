@@ -7,7 +7,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,7 +53,7 @@ def _fork_on(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     if not hasattr(os, "fork") or (os.cpu_count() or 1) < 2:
         pytest.skip("the loader forks only on a POSIX machine with two CPUs or more")
-    assert threading.active_count() == 1, f"threads alive: {threading.enumerate()}"
+    assert compress._can_fork(), f"threads alive: {threading.enumerate()}"
     monkeypatch.setattr(compress, "PARALLEL_MIN_FILES", 2)
     forked: list[int] = []
     fork = os.fork
@@ -75,6 +77,46 @@ def _reaped(pids: list[int]) -> bool:
             continue
         return False
     return True
+
+
+def _in_child(monkeypatch: pytest.MonkeyPatch, name: str, replacement: Callable[..., Any]) -> None:
+    """``compress.<name>`` as ``replacement(original, *args)`` in a forked child, unchanged in this process."""
+    parent, original = os.getpid(), getattr(compress, name)
+    monkeypatch.setattr(
+        compress,
+        name,
+        lambda *a, **kw: original(*a, **kw) if os.getpid() == parent else replacement(original, *a, **kw),
+    )
+
+
+def _edit(root: Path, i: int, times: int) -> str:
+    """p{i}.md asks for ``times`` retries instead of i + 2; returns the edited clause's pack line (the first
+    of its file's lines to be counted: see record_counted)."""
+    path = root / f"p{i}.md"
+    text = path.read_text()
+    assert f"retry {i + 2} times" in text
+    path.write_text(text.replace(f"retry {i + 2} times", f"retry {times} times"))
+    return f"- [p{i}.loads-{i}.1] Jobs MUST retry {times} times.\n"
+
+
+def _reload(root: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[list[str], list[str]]:
+    """Pack the directory again with this process's caches forgotten (as a new CLI run would) and check
+    that the packs are the library's; returns the files parsed and the first line of each batch counted."""
+    expected = _library_packs(root)  # before the recorders: the library parses and counts too
+    forget_caches()
+    parsed, counted = record_parsed(monkeypatch), record_counted(monkeypatch)
+    assert _dir_packs(root) == expected
+    return parsed, counted
+
+
+def _rewrite_dir_cache(cache_dir: Path, key: str, change: Callable[[Any], Any]) -> None:
+    """The directory cache file with its ``key`` entry replaced by ``change(entry)``."""
+    from agent.diskcache import load_mapped, save_mapped
+
+    (path,) = cache_dir.glob("pack-dir-*.map")
+    data = load_mapped(path)
+    data[key] = change(data[key])
+    save_mapped(path, data, prefix=".t-")
 
 
 def _library_packs(root: Path, encoding: str = "cl100k_base") -> list[dict]:
@@ -153,24 +195,19 @@ def test_damaged_facts_in_the_directory_cache_mean_those_files_are_read_again(
 ):
     import numpy as np
 
-    from agent.diskcache import load_mapped, save_mapped
+    def damaged(blobs: list) -> list:
+        blob = blobs[0].tobytes()
+        return {
+            "truncated": [np.frombuffer(blob[: len(blob) // 2], dtype=np.uint8)],
+            "missing": [],
+            "not marshal": [np.frombuffer(b"\xffnot marshal", dtype=np.uint8)],
+        }[damage]
 
     root = _ctx(tmp_path / "ctx")
     _dir_packs(root)
-    (path,) = cache_dir.glob("pack-dir-*.map")
-    data = load_mapped(path)
-    blob = data["facts"][0].tobytes()
-    data["facts"] = {
-        "truncated": [np.frombuffer(blob[: len(blob) // 2], dtype=np.uint8)],
-        "missing": [],
-        "not marshal": [np.frombuffer(b"\xffnot marshal", dtype=np.uint8)],
-    }[damage]
-    save_mapped(path, data, prefix=".t-")
-    (root / "p2.md").write_text((root / "p2.md").read_text().replace("retry 4 times", "retry 8 times"))
-    expected = _library_packs(root)
-    forget_caches()
-    parsed = record_parsed(monkeypatch)
-    assert _dir_packs(root) == expected
+    _rewrite_dir_cache(cache_dir, "facts", damaged)
+    _edit(root, 2, 8)
+    parsed, _ = _reload(root, monkeypatch)
     assert sorted(parsed) == [f"p{i}.md" for i in range(6)]  # no facts to trust: every file again
 
 
@@ -235,14 +272,10 @@ def test_json_lists_kept_items_and_near_misses(run_cli, tmp_path):
 def test_an_edit_reparses_only_the_edited_file(cache_dir, tmp_path, monkeypatch):
     root = _ctx(tmp_path / "ctx")
     load_index(root)
-    (root / "p2.md").write_text((root / "p2.md").read_text().replace("retry 4 times", "retry 9 times"))
-    forget_caches()
-    parsed = record_parsed(monkeypatch)
-    index, _ = load_index(root)
+    edited = _edit(root, 2, 9)
+    parsed, _ = _reload(root, monkeypatch)
     assert parsed == ["p2.md"]
-    assert "- [p2.loads-2.1] Jobs MUST retry 9 times.\n" in index.lines.all()
-    forget_caches()
-    assert _dir_packs(root) == _library_packs(root)
+    assert edited in load_index(root)[0].lines.all()
 
 
 def test_duplicate_ids_and_problems_are_reported_as_the_loader_does(cache_dir, tmp_path):
@@ -267,17 +300,11 @@ def test_forked_loading_gives_the_same_index(cache_dir, tmp_path, monkeypatch):
     assert _dir_packs(root) == expected
     assert len(forked) == 1 and _reaped(forked)
     # the directory cache holds every file's facts (the parent's, and the child's blob as it sent it) and
-    # the child's counts: after an edit, only the edited file is parsed again, and the pack is still the
-    # library's
-    (root / "p9.md").write_text((root / "p9.md").read_text().replace("retry 11 times", "retry 7 times"))
-    expected = _library_packs(root)
-    forget_caches()
-    parsed = record_parsed(monkeypatch)
-    counted = record_counted(monkeypatch)
-    assert _dir_packs(root) == expected
+    # the child's counts: after an edit, only the edited file is parsed and counted again
+    edited = _edit(root, 9, 7)
+    parsed, counted = _reload(root, monkeypatch)
     assert parsed == ["p9.md"]  # the last file: the child's share
-    # the token counts the child sent after its facts are in the cache too: only the edited file is counted
-    assert counted == ["- [p9.loads-9.1] Jobs MUST retry 7 times.\n"]
+    assert counted == [edited]
 
 
 @pytest.mark.parametrize("failure", ["dies", "counts that do not fit", "not marshal"])
@@ -288,60 +315,47 @@ def test_a_child_that_fails_after_sending_its_facts_leaves_the_counting_to_the_p
     damaged, the parent counts them itself, and the index is the same."""
     import marshal
 
-    root = _ctx(tmp_path / "ctx", 12)
-    expected = _library_packs(root)
-    forked = _fork_on(monkeypatch)
-    parent = os.getpid()
-    original = compress._tokens_to_wire
-
-    def failing(loaded):
-        if os.getpid() == parent:
-            return original(loaded)
+    def failing(original: Callable[..., bytes], loaded: list) -> bytes:
         if failure == "dies":
             raise RuntimeError("child crashed")
         if failure == "not marshal":
             return b"\xffnot marshal"
-        wrong = [
-            (src, {e: n[:-1] for e, n in lt.items()}, sc, pc)
-            for src, lt, sc, pc in marshal.loads(original(loaded))
-        ]
-        return marshal.dumps(wrong)
+        records = marshal.loads(original(loaded))
+        return marshal.dumps(
+            [(src, {e: n[:-1] for e, n in lt.items()}, sc, pc) for src, lt, sc, pc in records]
+        )
 
-    monkeypatch.setattr(compress, "_tokens_to_wire", failing)
-    forget_caches()
-    parsed = record_parsed(monkeypatch)
-    counted = record_counted(monkeypatch)
-    assert _dir_packs(root) == expected
-    assert _reaped(forked)
+    root = _ctx(tmp_path / "ctx", 12)
+    forked = _fork_on(monkeypatch)
+    _in_child(monkeypatch, "_tokens_to_wire", failing)
+    parsed, counted = _reload(root, monkeypatch)
+    assert len(forked) == 1 and _reaped(forked)
     # the child's facts arrived: the parent parsed only its own share (the child's ends with p9)...
     assert "p9.md" not in parsed and len(parsed) == len(set(parsed)) < 12
     # ...and counted its own share and then the child's: every file once
     assert sorted(line.split(".")[0] for line in counted) == sorted(f"- [p{i}" for i in range(12))
     # what the cache keeps are the counts the index was built with: an edit counts only the edited file
-    (root / "p2.md").write_text((root / "p2.md").read_text().replace("retry 4 times", "retry 8 times"))
-    expected = _library_packs(root)
-    forget_caches()
-    counted.clear()
-    assert _dir_packs(root) == expected
-    assert counted == ["- [p2.loads-2.1] Jobs MUST retry 8 times.\n"]
+    edited = _edit(root, 2, 8)
+    _, counted = _reload(root, monkeypatch)
+    assert counted == [edited]
 
 
-def test_a_child_whose_facts_do_not_arrive_whole_has_its_share_loaded_by_the_parent(
-    cache_dir, tmp_path, monkeypatch
+@pytest.mark.parametrize("failure", ["dies before its facts", "sends damaged facts"])
+def test_a_child_whose_facts_do_not_arrive_has_its_share_loaded_by_the_parent(
+    cache_dir, tmp_path, monkeypatch, failure
 ):
+    def dies(original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("child crashed")
+
     root = _ctx(tmp_path / "ctx", 12)
-    expected = _library_packs(root)
     forked = _fork_on(monkeypatch)
-    parent = os.getpid()
-    original = compress._to_wire
-    monkeypatch.setattr(
-        compress, "_to_wire", lambda loaded: original(loaded) if os.getpid() == parent else b"\xffdamaged"
-    )
-    forget_caches()
-    parsed = record_parsed(monkeypatch)
-    assert _dir_packs(root) == expected
+    if failure == "dies before its facts":
+        _in_child(monkeypatch, "_load_files", dies)
+    else:
+        _in_child(monkeypatch, "_to_wire", lambda original, loaded: b"\xffdamaged")
+    parsed, _ = _reload(root, monkeypatch)
     assert sorted(parsed) == sorted(f"p{i}.md" for i in range(12))  # the child's share too, here
-    assert len(forked) == 1 and _reaped(forked)  # stopped and waited for, though it had signalled
+    assert len(forked) == 1 and _reaped(forked)  # stopped and waited for, even one that had signalled
 
 
 def test_a_forked_reload_of_several_edited_files_keeps_every_count(cache_dir, tmp_path, monkeypatch):
@@ -351,48 +365,32 @@ def test_a_forked_reload_of_several_edited_files_keeps_every_count(cache_dir, tm
     forked = _fork_on(monkeypatch)
     _dir_packs(root)
     for i in (3, 5, 9):
-        (root / f"p{i}.md").write_text(
-            (root / f"p{i}.md").read_text().replace("MUST retry", "MUST always retry")
-        )
-    expected = _library_packs(root)
-    forget_caches()
-    parsed = record_parsed(monkeypatch)
-    assert _dir_packs(root) == expected
+        _edit(root, i, 30)
+    parsed, _ = _reload(root, monkeypatch)
     assert len(forked) == 2 and _reaped(forked)
     # only edited files were parsed, the child's share of them in the child
     assert set(parsed) < {"p3.md", "p5.md", "p9.md"} and parsed
-    (root / "p0.md").write_text((root / "p0.md").read_text().replace("retry 2 times", "retry 6 times"))
-    expected = _library_packs(root)
-    forget_caches()
-    parsed.clear()
-    counted = record_counted(monkeypatch)
-    assert _dir_packs(root) == expected
-    assert parsed == ["p0.md"] and counted == ["- [p0.loads-0.1] Jobs MUST retry 6 times.\n"]
+    edited = _edit(root, 0, 6)
+    parsed, counted = _reload(root, monkeypatch)
+    assert parsed == ["p0.md"] and counted == [edited]
 
 
 def test_damaged_token_counts_in_the_directory_cache_are_counted_again(cache_dir, tmp_path, monkeypatch):
     import numpy as np
 
-    from agent.diskcache import load_mapped, save_mapped
+    def damaged(blobs: list) -> list:
+        assert len(blobs) == 1  # the child's counts, sent after its facts
+        return [np.frombuffer(b"\xffnot marshal", dtype=np.uint8)]
 
     root = _ctx(tmp_path / "ctx", 12)
     _fork_on(monkeypatch)
     _dir_packs(root)
-    (path,) = cache_dir.glob("pack-dir-*.map")
-    data = load_mapped(path)
-    assert len(data["tokens"]) == 1  # the child's counts, sent after its facts
-    data["tokens"] = [np.frombuffer(b"\xffnot marshal", dtype=np.uint8)]
-    save_mapped(path, data, prefix=".t-")
-    (root / "p2.md").write_text((root / "p2.md").read_text().replace("retry 4 times", "retry 8 times"))
-    expected = _library_packs(root)
-    forget_caches()
-    parsed = record_parsed(monkeypatch)
-    counted = record_counted(monkeypatch)
-    assert _dir_packs(root) == expected
+    _rewrite_dir_cache(cache_dir, "tokens", damaged)
+    edited = _edit(root, 2, 8)
+    parsed, counted = _reload(root, monkeypatch)
     assert parsed == ["p2.md"]  # the facts were fine
-    # the edited file, and the child's share whose counts were lost
-    assert "- [p2.loads-2.1] Jobs MUST retry 8 times.\n" in counted
-    assert "- [p9.loads-9.1] Jobs MUST retry 11 times.\n" in counted  # the last file: the child's
+    # the edited file, and the child's share whose counts were lost (it ends with p9), not the parent's
+    assert edited in counted and "- [p9.loads-9.1] Jobs MUST retry 11 times.\n" in counted
     assert "- [p0.loads-0.1] Jobs MUST retry 2 times.\n" not in counted
 
 
@@ -439,23 +437,6 @@ def test_forked_children_finish_their_work_in_a_process_holding_duckdb(tmp_path)
     assert proc.returncode == 0, proc.stderr
     # the loader child exited 0; the second load (after an edit) parsed one file and forked nothing
     assert proc.stdout.strip() == "[0] ['p9.md']", proc.stdout + proc.stderr
-
-
-def test_a_failed_child_is_done_by_the_parent(cache_dir, tmp_path, monkeypatch):
-    root = _ctx(tmp_path / "ctx", 12)
-    expected = _library_packs(root)
-    _fork_on(monkeypatch)
-    parent = os.getpid()
-    original = compress._load_files
-
-    def child_dies(*args, **kwargs):
-        if os.getpid() != parent:
-            raise RuntimeError("child crashed")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(compress, "_load_files", child_dies)
-    forget_caches()
-    assert _dir_packs(root) == expected
 
 
 def test_mapped_cache_file_round_trips_and_rejects_damage(tmp_path):
